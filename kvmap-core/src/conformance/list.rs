@@ -1,0 +1,7 @@
+//! Conformance cases: list.
+
+use super::Case;
+
+pub(crate) fn cases() -> Vec<Case> {
+    vec![]
+}

@@ -1,0 +1,515 @@
+//! [`MemoryStore`], the in-memory reference backend.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::capability::{Capabilities, Limits};
+use crate::context::{Consistency, Context, Scope};
+use crate::entry::{
+    Batch, BatchOp, BatchOutcome, DeleteOptions, Entry, KeyRange, ListPage, ListRequest,
+    PutOptions, Revision,
+};
+use crate::error::{Error, ErrorKind, Op, Result};
+use crate::key::Key;
+use crate::store::KvStore;
+use crate::watch::{ChangeFeed, ChangeSource, WatchEvent, WatchRequest, WatchStream};
+
+const NAME: &str = "memory";
+
+/// Settings of a [`MemoryStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// Size limits.
+    pub limits: Limits,
+    /// How many past changes are kept for watch resume; older start
+    /// revisions get [`ErrorKind::Compacted`].
+    pub history_limit: usize,
+    /// How many events a slow watcher may fall behind before it gets a
+    /// resync instead.
+    pub watch_buffer: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            history_limit: 10_000,
+            watch_buffer: 1024,
+        }
+    }
+}
+
+impl MemoryConfig {
+    /// Sets the limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets the history kept for watch resume.
+    pub fn with_history_limit(mut self, n: usize) -> Self {
+        self.history_limit = n;
+        self
+    }
+
+    /// Sets the per-watcher buffer.
+    pub fn with_watch_buffer(mut self, n: usize) -> Self {
+        self.watch_buffer = n;
+        self
+    }
+}
+
+/// An ordered, revisioned in-memory store with every capability native:
+/// compare-and-swap, TTL (expired entries are invisible at once and an
+/// expiry produces a watch event), watch with bounded history for resume.
+///
+/// Use it in your own unit tests, or as the reference the conformance
+/// suite is checked against. Clones share the same data.
+///
+/// Expiry events come from a reaper task spawned on the Tokio runtime the
+/// store is created in; without a runtime, expired entries are still
+/// invisible and are removed (with their event) on the next write.
+#[derive(Debug, Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: Mutex<State>,
+    feed: ChangeFeed,
+    config: MemoryConfig,
+    wakeup: Arc<Notify>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Lets the reaper notice the store is gone.
+        self.wakeup.notify_one();
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Stored {
+    value: Bytes,
+    revision: Revision,
+    create_revision: Revision,
+    expires: Option<(Instant, SystemTime)>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    map: BTreeMap<Key, Stored>,
+    revision: Revision,
+    history: VecDeque<WatchEvent>,
+    /// The highest revision dropped from `history`.
+    compacted: Revision,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store with default settings.
+    pub fn new() -> Self {
+        Self::with_config(MemoryConfig::default())
+    }
+
+    /// An empty store with `config`.
+    pub fn with_config(config: MemoryConfig) -> Self {
+        let wakeup = Arc::new(Notify::new());
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State::default()),
+            feed: ChangeFeed::new(config.watch_buffer),
+            config,
+            wakeup: wakeup.clone(),
+        });
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(reaper(Arc::downgrade(&inner), wakeup));
+        }
+        Self { inner }
+    }
+
+    /// The current (latest) revision of the store.
+    pub fn revision(&self) -> Revision {
+        self.inner.lock().revision
+    }
+
+    fn scope<'a>(&self, op: Op, key: Option<&'a str>) -> Scope<'a> {
+        Scope {
+            backend: NAME,
+            op,
+            key,
+            timeout: None,
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No code path leaves the state half-updated across a panic point,
+        // so a poisoned lock still holds consistent data.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn record(&self, st: &mut State, event: WatchEvent) {
+        st.history.push_back(event.clone());
+        while st.history.len() > self.config.history_limit {
+            if let Some(old) = st.history.pop_front() {
+                st.compacted = old.revision();
+            }
+        }
+        self.feed.publish(event);
+    }
+
+    /// Removes `key` if it has expired, emitting its expiry event.
+    fn reap_key(&self, st: &mut State, key: &Key, now: Instant) {
+        let expired = st
+            .map
+            .get(key)
+            .and_then(|s| s.expires)
+            .is_some_and(|(at, _)| at <= now);
+        if expired {
+            if let Some(old) = st.map.remove(key) {
+                st.revision += 1;
+                let revision = st.revision;
+                let prev = Some(to_entry(key, &old));
+                self.record(
+                    st,
+                    WatchEvent::Expired {
+                        key: key.clone(),
+                        revision,
+                        prev,
+                    },
+                );
+            }
+        }
+    }
+
+    fn reap_all(&self, now: Instant) -> Option<Instant> {
+        let mut st = self.lock();
+        let expired: Vec<Key> = st
+            .map
+            .iter()
+            .filter(|(_, s)| s.expires.is_some_and(|(at, _)| at <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in expired {
+            self.reap_key(&mut st, &k, now);
+        }
+        st.map.values().filter_map(|s| s.expires.map(|e| e.0)).min()
+    }
+
+    fn put_locked(
+        &self,
+        st: &mut State,
+        key: &Key,
+        value: Bytes,
+        options: &PutOptions,
+        now: Instant,
+    ) -> Result<Revision> {
+        self.reap_key(st, key, now);
+        let prev = st.map.get(key).cloned();
+        options.check_condition(prev.as_ref().map(|p| p.revision))?;
+        st.revision += 1;
+        let revision = st.revision;
+        let expires = options.ttl.map(|ttl| (now + ttl, SystemTime::now() + ttl));
+        let stored = Stored {
+            value,
+            revision,
+            create_revision: prev.as_ref().map_or(revision, |p| p.create_revision),
+            expires,
+        };
+        let entry = to_entry(key, &stored);
+        st.map.insert(key.clone(), stored);
+        let prev = prev.map(|p| to_entry(key, &p));
+        self.record(st, WatchEvent::Put { entry, prev });
+        if expires.is_some() {
+            self.wakeup.notify_one();
+        }
+        Ok(revision)
+    }
+
+    fn delete_locked(
+        &self,
+        st: &mut State,
+        key: &Key,
+        options: &DeleteOptions,
+        now: Instant,
+    ) -> Result<bool> {
+        self.reap_key(st, key, now);
+        let current = st.map.get(key).map(|s| s.revision);
+        options.check_condition(current)?;
+        let Some(old) = st.map.remove(key) else {
+            return Ok(false);
+        };
+        st.revision += 1;
+        let revision = st.revision;
+        let prev = Some(to_entry(key, &old));
+        self.record(
+            st,
+            WatchEvent::Delete {
+                key: key.clone(),
+                revision,
+                prev,
+            },
+        );
+        Ok(true)
+    }
+}
+
+fn to_entry(key: &Key, s: &Stored) -> Entry {
+    Entry::new(key.clone(), s.value.clone(), s.revision, s.create_revision)
+        .with_expires_at(s.expires.map(|e| e.1))
+}
+
+fn live(s: &Stored, now: Instant) -> bool {
+    s.expires.is_none_or(|(at, _)| at > now)
+}
+
+fn scan(st: &State, range: &KeyRange, lower: Bound<&str>, now: Instant) -> Vec<Entry> {
+    st.map
+        .range::<str, _>((lower, Bound::Unbounded))
+        .take_while(|(k, _)| match range.end_bytes() {
+            Some(end) => k.as_str().as_bytes() < end.as_slice(),
+            None => true,
+        })
+        .filter(|(k, s)| range.contains(k.as_str()) && live(s, now))
+        .map(|(k, s)| to_entry(k, s))
+        .collect()
+}
+
+async fn reaper(inner: Weak<Inner>, wakeup: Arc<Notify>) {
+    loop {
+        let next = match inner.upgrade() {
+            Some(inner) => inner.reap_all(Instant::now()),
+            None => return,
+        };
+        let sleep = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = sleep => {}
+            () = wakeup.notified() => {}
+        }
+    }
+}
+
+fn stale_marker(ctx: &Context) -> Option<Duration> {
+    match ctx.consistency() {
+        // Memory is never stale: the bound is zero.
+        Consistency::Stale { .. } => Some(Duration::ZERO),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl ChangeSource for Inner {
+    async fn snapshot(&self, range: &KeyRange) -> Result<(Vec<Entry>, Revision)> {
+        let st = self.lock();
+        let entries = scan(&st, range, Bound::Included(range.start()), Instant::now());
+        Ok((entries, st.revision))
+    }
+
+    async fn history(&self, from: Revision) -> Result<Vec<WatchEvent>> {
+        let st = self.lock();
+        if from <= st.compacted {
+            return Err(Error::new(ErrorKind::Compacted {
+                oldest: st.compacted + 1,
+            }));
+        }
+        Ok(st
+            .history
+            .iter()
+            .filter(|e| e.revision() >= from)
+            .cloned()
+            .collect())
+    }
+}
+
+#[async_trait]
+impl KvStore for MemoryStore {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::all_native().with_limits(self.inner.config.limits)
+    }
+
+    async fn get(&self, ctx: &Context, key: &Key) -> Result<Option<Entry>> {
+        let scope = self.scope(Op::Get, Some(key.as_str()));
+        self.inner.config.limits.check_key(key)?;
+        ctx.run(scope, async {
+            let st = self.inner.lock();
+            Ok(st
+                .map
+                .get(key)
+                .filter(|s| live(s, Instant::now()))
+                .map(|s| to_entry(key, s).with_staleness(stale_marker(ctx))))
+        })
+        .await
+    }
+
+    async fn put(
+        &self,
+        ctx: &Context,
+        key: &Key,
+        value: Bytes,
+        options: PutOptions,
+    ) -> Result<Revision> {
+        let scope = self.scope(Op::Put, Some(key.as_str()));
+        self.inner.config.limits.check_put(key, &value)?;
+        options.validate()?;
+        ctx.run(scope, async {
+            let mut st = self.inner.lock();
+            self.inner
+                .put_locked(&mut st, key, value, &options, Instant::now())
+        })
+        .await
+    }
+
+    async fn delete(&self, ctx: &Context, key: &Key, options: DeleteOptions) -> Result<bool> {
+        let scope = self.scope(Op::Delete, Some(key.as_str()));
+        self.inner.config.limits.check_key(key)?;
+        ctx.run(scope, async {
+            let mut st = self.inner.lock();
+            self.inner
+                .delete_locked(&mut st, key, &options, Instant::now())
+        })
+        .await
+    }
+
+    async fn list(&self, ctx: &Context, request: &ListRequest) -> Result<ListPage> {
+        let scope = self.scope(Op::List, Some(request.range.start()));
+        request.validate()?;
+        ctx.run(scope, async {
+            let st = self.inner.lock();
+            let now = Instant::now();
+            let limit = request.page_size();
+            let mut entries: Vec<Entry> = scan(&st, &request.range, request.lower_bound(), now)
+                .into_iter()
+                .take(limit + 1)
+                .collect();
+            if request.keys_only {
+                for e in &mut entries {
+                    e.value = Bytes::new();
+                }
+            }
+            Ok(ListPage::from_sorted(entries, Some(limit)))
+        })
+        .await
+    }
+
+    async fn watch(&self, ctx: &Context, request: WatchRequest) -> Result<WatchStream> {
+        let source: Arc<dyn ChangeSource> = self.inner.clone();
+        self.inner.feed.watch(NAME, ctx, request, source).await
+    }
+
+    async fn get_many(&self, ctx: &Context, keys: &[Key]) -> Result<Vec<Result<Option<Entry>>>> {
+        let limits = self.inner.config.limits;
+        limits.check_batch(keys.len())?;
+        for k in keys {
+            limits.check_key(k)?;
+        }
+        ctx.run(self.scope(Op::GetMany, None), async {
+            let st = self.inner.lock();
+            let now = Instant::now();
+            Ok(keys
+                .iter()
+                .map(|k| {
+                    Ok(st
+                        .map
+                        .get(k)
+                        .filter(|s| live(s, now))
+                        .map(|s| to_entry(k, s).with_staleness(stale_marker(ctx))))
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn apply(&self, ctx: &Context, batch: Batch) -> Result<Vec<Result<BatchOutcome>>> {
+        let limits = self.inner.config.limits;
+        limits.check_batch(batch.len())?;
+        for op in &batch.ops {
+            match op {
+                BatchOp::Put {
+                    key,
+                    value,
+                    options,
+                } => {
+                    limits.check_put(key, value)?;
+                    options.validate()?;
+                }
+                BatchOp::Delete { key, .. } => limits.check_key(key)?,
+            }
+        }
+        ctx.run(self.scope(Op::Apply, None), async {
+            let mut st = self.inner.lock();
+            let now = Instant::now();
+            check_batch_conditions(&st, &batch, now)?;
+            let mut out = Vec::with_capacity(batch.len());
+            for op in batch.ops {
+                out.push(Ok(match op {
+                    BatchOp::Put {
+                        key,
+                        value,
+                        options,
+                    } => BatchOutcome::Put(
+                        self.inner.put_locked(&mut st, &key, value, &options, now)?,
+                    ),
+                    BatchOp::Delete { key, options } => BatchOutcome::Deleted(
+                        self.inner.delete_locked(&mut st, &key, &options, now)?,
+                    ),
+                }));
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// Checks every condition of a batch in order, as if the earlier
+/// operations had been applied, so that the batch is all or nothing.
+fn check_batch_conditions(st: &State, batch: &Batch, now: Instant) -> Result<()> {
+    // The revision each touched key would have: None = absent.
+    let mut overlay: HashMap<&Key, Option<Revision>> = HashMap::new();
+    let mut next = st.revision;
+    for op in &batch.ops {
+        let key = op.key();
+        let current = match overlay.get(key) {
+            Some(r) => *r,
+            None => st.map.get(key).filter(|s| live(s, now)).map(|s| s.revision),
+        };
+        let err_key = |e: Error| e.with_key(key.as_str());
+        match op {
+            BatchOp::Put { options, .. } => {
+                options.check_condition(current).map_err(err_key)?;
+                next += 1;
+                overlay.insert(key, Some(next));
+            }
+            BatchOp::Delete { options, .. } => {
+                options.check_condition(current).map_err(err_key)?;
+                if current.is_some() {
+                    next += 1;
+                }
+                overlay.insert(key, None);
+            }
+        }
+    }
+    Ok(())
+}

@@ -67,8 +67,7 @@ install_lib_deps() {
     deps="$(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed -E 's/\(.*\)//; s/\|.*//; s/:any//; s/^ +//; s/ +$//' \
         | grep -E '^lib' || true)"
     if [[ -n "$deps" ]]; then
-        # shellcheck disable=SC2086
-        log "installing library dependencies of $(basename "$deb"): $(echo $deps)"
+        log "installing library dependencies of $(basename "$deb"): ${deps//$'\n'/ }"
         # shellcheck disable=SC2086
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $deps >/dev/null \
             || die "apt-get install $deps failed"

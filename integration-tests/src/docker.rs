@@ -213,10 +213,56 @@ pub struct ContainerSpec {
     pub binds: Vec<(String, String)>,
 }
 
+/// Label holding the pid of the test process that started a container.
+const PID_LABEL: &str = "kvmap-it.pid";
+
+/// Removes containers left behind by test processes that no longer exist
+/// (e.g. killed by a timeout before their guards could run). Runs once per
+/// process, best effort.
+async fn reap_stale_containers_once() {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if DONE.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let Ok(docker) = docker_client() else { return };
+    let filters =
+        std::collections::HashMap::from([("label".to_string(), vec![CONTAINER_LABEL.to_string()])]);
+    let opts = testcontainers::bollard::query_parameters::ListContainersOptions {
+        all: true,
+        filters: Some(filters),
+        ..Default::default()
+    };
+    let Ok(list) = docker.list_containers(Some(opts)).await else {
+        return;
+    };
+    for c in list {
+        let pid = c
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(PID_LABEL))
+            .and_then(|p| p.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
+        if pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Some(id) = c.id {
+            let rm = testcontainers::bollard::query_parameters::RemoveContainerOptions {
+                force: true,
+                v: true,
+                ..Default::default()
+            };
+            if docker.remove_container(&id, Some(rm)).await.is_ok() {
+                eprintln!("[kvmap-it] removed stale container {id} of dead test process {pid}");
+            }
+        }
+    }
+}
+
 /// Starts a container with host networking, no readiness wait (callers poll
 /// the service themselves), labelled [`CONTAINER_LABEL`].
 pub async fn start_container(spec: ContainerSpec) -> anyhow::Result<Container> {
     ensure_image(&spec.image).await?;
+    reap_stale_containers_once().await;
     let mut req = GenericImage::new(spec.image.name.clone(), spec.image.tag.clone())
         .with_entrypoint(&spec.entrypoint)
         .with_wait_for(WaitFor::Nothing)
@@ -224,6 +270,7 @@ pub async fn start_container(spec: ContainerSpec) -> anyhow::Result<Container> {
         .with_network("host")
         .with_container_name(spec.name.clone())
         .with_label(CONTAINER_LABEL, "1")
+        .with_label(PID_LABEL, std::process::id().to_string())
         .with_startup_timeout(Duration::from_secs(60));
     for (host, target) in &spec.binds {
         req = req.with_mount(

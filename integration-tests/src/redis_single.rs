@@ -43,6 +43,9 @@ pub(crate) fn base_args(port: u16, notify: Option<&str>, extra: &[String]) -> Ve
         "no",
         "--daemonize",
         "no",
+        // Replicas sync at once instead of after the default 5 s delay.
+        "--repl-diskless-sync-delay",
+        "0",
     ]
     .iter()
     .map(|s| s.to_string())

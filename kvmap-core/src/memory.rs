@@ -513,3 +513,31 @@ fn check_batch_conditions(st: &State, batch: &Batch, now: Instant) -> Result<()>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn slow_watcher_gets_resync() {
+        let raw: Arc<dyn KvStore> = Arc::new(MemoryStore::with_config(
+            MemoryConfig::default().with_watch_buffer(16),
+        ));
+        let store = crate::Namespaced::new(raw, "ns/x/").unwrap();
+        let ctx = Context::new();
+        let k = Key::new("k").unwrap();
+        let mut s = store
+            .watch(&ctx, WatchRequest::key(k.clone()))
+            .await
+            .unwrap();
+        for i in 0..58 {
+            store
+                .put(&ctx, &k, Bytes::from(i.to_string()), PutOptions::default())
+                .await
+                .unwrap();
+        }
+        let ev = tokio::time::timeout(Duration::from_secs(2), s.next()).await;
+        assert!(matches!(ev, Ok(Some(Ok(WatchEvent::Resync { .. })))));
+    }
+}

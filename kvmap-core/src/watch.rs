@@ -357,6 +357,9 @@ impl FeedState {
                 }
                 Ok(Err(broadcast::error::RecvError::Lagged(missed))) => {
                     tracing::debug!(backend = %self.backend, missed, "watch consumer lagged, resyncing");
+                    // Everything still buffered is older than the snapshot:
+                    // start from the tail so the buffer does not lag again.
+                    self.rx = self.rx.resubscribe();
                     let range = self.request.target.as_range();
                     let source = self.source.clone();
                     let snap = self.ctx.run(self.scope(), source.snapshot(&range)).await;

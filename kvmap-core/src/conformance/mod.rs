@@ -79,6 +79,12 @@ pub struct SuiteOptions {
     pub expiry_grace: Duration,
     /// How long to wait for an expected watch event.
     pub event_timeout: Duration,
+    /// The per-watcher buffer of the store under test, if bounded and
+    /// small enough to overflow in a test (enables the slow-consumer case).
+    pub watch_buffer: Option<usize>,
+    /// After how many changes a past revision is guaranteed compacted
+    /// (enables the `Compacted` case).
+    pub history_limit: Option<usize>,
 }
 
 impl Default for SuiteOptions {
@@ -87,6 +93,8 @@ impl Default for SuiteOptions {
             ttl: Duration::from_millis(700),
             expiry_grace: Duration::from_secs(3),
             event_timeout: Duration::from_secs(10),
+            watch_buffer: None,
+            history_limit: None,
         }
     }
 }

@@ -18,7 +18,19 @@ use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// A key that satisfies the [key rules](self).
+/// A key that satisfies the key rules.
+///
+/// # Key rules
+/// A key is a UTF-8 string that
+/// - is not empty;
+/// - is at most [`Key::MAX_BYTES`] bytes long (a store may declare a lower
+///   limit in [`Limits::max_key_bytes`](crate::Limits::max_key_bytes),
+///   checked by the store before any I/O);
+/// - holds no control character (U+0000–U+001F, U+007F–U+009F);
+/// - does not start with `/`.
+///
+/// `/` is the hierarchy separator: list and watch by the prefix `users/`
+/// to see everything below `users`. Keys sort by their UTF-8 bytes.
 ///
 /// Cheap to clone (reference counted).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -37,6 +37,6 @@ pub use docker::{
     REDIS_IMAGE_ENV, REQUIRE_DOCKER_ENV,
 };
 pub use fault::Node;
-pub use redis_cluster::{ClusterNode, RedisCluster, RedisClusterOptions, Role};
+pub use redis_cluster::{key_slot, ClusterNode, RedisCluster, RedisClusterOptions, Role};
 pub use redis_single::{RedisAcl, RedisOptions, RedisStandalone, RedisTls};
 pub use tls::{install_crypto_provider, wrong_ca_pem, TlsMaterial};

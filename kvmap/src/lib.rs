@@ -1,1 +1,37 @@
-//! placeholder
+//! # kvmap
+//!
+//! One async key-value map contract, [`KvStore`], with embedded RocksDB
+//! (the default), Redis Cluster / standalone and (planned) Consul KV behind
+//! it. This facade re-exports the contract from [`kvmap_core`], the
+//! backends selected by cargo features, and [`open`], which makes a store
+//! from a URL.
+//!
+//! | feature   | default | what                                     |
+//! |-----------|---------|------------------------------------------|
+//! | `rocksdb` | yes     | [`RocksStore`], `rocksdb:PATH` URLs       |
+//! | `redis`   | no      | `RedisStore`, `redis://`, `redis+cluster://` URLs |
+//! | `cli`     | yes     | the `kvmap` command-line tool             |
+//!
+//! ```no_run
+//! # async fn demo() -> kvmap::Result<()> {
+//! use kvmap::{Context, Key, KvStoreExt};
+//!
+//! let store = kvmap::open("rocksdb:./data").await?;
+//! let ctx = Context::new();
+//! let key = Key::new("greeting")?;
+//! store.set(&ctx, &key, "hello").await?;
+//! assert_eq!(store.get(&ctx, &key).await?.map(|e| e.value), Some("hello".into()));
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+mod open;
+
+pub use kvmap_core::*;
+pub use open::{open, redact, URL_FORMS};
+
+#[cfg(feature = "rocksdb")]
+pub use kvmap_rocksdb::{RocksConfig, RocksStore};
+
+#[cfg(feature = "redis")]
+pub use kvmap_redis::{RedisConfig, RedisStore};

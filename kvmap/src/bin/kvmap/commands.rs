@@ -1,0 +1,114 @@
+//! The subcommands other than `demo`.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kvmap::{
+    Context, DeleteOptions, Entry, Key, KvStore, KvStoreExt, ListRequest, PutOptions, Result,
+    WatchEvent, WatchRequest,
+};
+
+use crate::Command;
+
+pub(crate) async fn run(store: Arc<dyn KvStore>, command: Command, timeout: Duration) -> Result<()> {
+    let ctx = || Context::new().with_timeout(timeout);
+    match command {
+        Command::Demo => crate::demo::run(store).await,
+        Command::Get { key, verbose } => {
+            match store.get(&ctx(), &Key::new(key)?).await? {
+                Some(e) if verbose => println!("{}", describe(&e)),
+                Some(e) => println!("{}", String::from_utf8_lossy(&e.value)),
+                None => {
+                    eprintln!("(absent)");
+                }
+            }
+            Ok(())
+        }
+        Command::Put { key, value, ttl, create, if_revision } => {
+            let mut options = match (create, if_revision) {
+                (true, _) => PutOptions::create(),
+                (false, Some(r)) => PutOptions::update(r),
+                (false, None) => PutOptions::overwrite(),
+            };
+            options.ttl = ttl;
+            let rev = store.put(&ctx(), &Key::new(key)?, value.into(), options).await?;
+            println!("revision {rev}");
+            Ok(())
+        }
+        Command::Delete { key, if_revision } => {
+            let options = DeleteOptions { if_revision };
+            let existed = store.delete(&ctx(), &Key::new(key)?, options).await?;
+            println!("{}", if existed { "deleted" } else { "(absent)" });
+            Ok(())
+        }
+        Command::List { prefix, limit, keys_only } => {
+            let mut req = ListRequest::prefix(prefix);
+            if keys_only {
+                req = req.keys_only();
+            }
+            for e in store.list_all(&ctx(), req, limit).await? {
+                if keys_only {
+                    println!("{}", e.key);
+                } else {
+                    println!("{}", describe(&e));
+                }
+            }
+            Ok(())
+        }
+        Command::Watch { prefix, from_revision, count } => {
+            let mut req = WatchRequest::prefix(prefix);
+            req.start_revision = from_revision;
+            let mut stream = store.watch(&Context::new(), req).await?;
+            let mut seen = 0;
+            while let Some(ev) = stream.next().await {
+                println!("{}", describe_event(&ev?));
+                let _ = std::io::stdout().flush();
+                seen += 1;
+                if count.is_some_and(|c| seen >= c) {
+                    break;
+                }
+            }
+            Ok(())
+        }
+        Command::Info => {
+            let caps = store.capabilities();
+            println!("backend: {}", store.name());
+            for (cap, support) in caps.table() {
+                println!("  {:<18} {support:?}", cap.to_string());
+            }
+            let l = caps.limits;
+            println!("  max key bytes      {}", l.max_key_bytes);
+            println!("  max value bytes    {}", l.max_value_bytes);
+            println!("  max batch ops      {}", l.max_batch_ops);
+            Ok(())
+        }
+    }
+}
+
+pub(crate) fn describe(e: &Entry) -> String {
+    let mut s = format!(
+        "{} = {:?} (revision {}, created {})",
+        e.key,
+        String::from_utf8_lossy(&e.value),
+        e.revision,
+        e.create_revision
+    );
+    if let Some(at) = e.expires_at {
+        let left = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+        s.push_str(&format!(", expires in {}ms", left.as_millis()));
+    }
+    s
+}
+
+pub(crate) fn describe_event(ev: &WatchEvent) -> String {
+    match ev {
+        WatchEvent::Put { entry, .. } => format!("put     {}", describe(entry)),
+        WatchEvent::Delete { key, revision, .. } => format!("delete  {key} (revision {revision})"),
+        WatchEvent::Expired { key, revision, .. } => format!("expired {key} (revision {revision})"),
+        WatchEvent::Resync { entries, revision } => {
+            format!("resync  {} entries at revision {revision}", entries.len())
+        }
+    }
+}

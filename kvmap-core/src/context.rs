@@ -246,6 +246,14 @@ impl Context {
                 None => std::future::pending().await,
             }
         };
+        let span = tracing::debug_span!(
+            "kvmap",
+            backend = scope.backend,
+            op = scope.op.as_str(),
+            key = scope.key,
+            labels = ?self.labels,
+        );
+        let fut = tracing::Instrument::instrument(fut, span);
         tokio::select! {
             biased;
             () = cancelled => Err(during(ErrorKind::Cancelled)),

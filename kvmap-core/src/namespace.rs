@@ -250,3 +250,67 @@ impl KvStore for Namespaced {
         self.inner.apply(ctx, Batch { ops }).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{KvStoreExt, MemoryStore};
+
+    fn ns(prefix: &str) -> (Arc<dyn KvStore>, Namespaced) {
+        let raw: Arc<dyn KvStore> = Arc::new(MemoryStore::new());
+        let n = Namespaced::new(raw.clone(), prefix).unwrap();
+        (raw, n)
+    }
+
+    #[test]
+    fn prefix_must_end_with_slash() {
+        let raw: Arc<dyn KvStore> = Arc::new(MemoryStore::new());
+        assert!(Namespaced::new(raw.clone(), "app").is_err());
+        assert!(Namespaced::new(raw, "/app/").is_err());
+    }
+
+    #[tokio::test]
+    async fn open_range_stays_inside_namespace() {
+        let (raw, n) = ns("app/");
+        let ctx = Context::new();
+        raw.set(&ctx, &Key::new("app/a").unwrap(), "in")
+            .await
+            .unwrap();
+        raw.set(&ctx, &Key::new("app0").unwrap(), "out")
+            .await
+            .unwrap();
+        raw.set(&ctx, &Key::new("b").unwrap(), "out").await.unwrap();
+        let page = n.list(&ctx, &ListRequest::range("", None)).await.unwrap();
+        let keys: Vec<_> = page.entries.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["a"]);
+    }
+
+    #[tokio::test]
+    async fn cursors_are_unprefixed() {
+        let (_, n) = ns("app/");
+        let ctx = Context::new();
+        for k in ["a", "b", "c"] {
+            n.set(&ctx, &Key::new(k).unwrap(), "v").await.unwrap();
+        }
+        let page = n
+            .list(&ctx, &ListRequest::prefix("").with_limit(2))
+            .await
+            .unwrap();
+        assert_eq!(page.cursor.as_deref(), Some("b"));
+        let next = ListRequest::prefix("")
+            .with_limit(2)
+            .with_cursor(page.cursor);
+        let page = n.list(&ctx, &next).await.unwrap();
+        assert_eq!(page.entries.len(), 1);
+        assert_eq!(page.entries[0].key.as_str(), "c");
+    }
+
+    #[tokio::test]
+    async fn key_limit_shrinks_by_prefix() {
+        let (raw, n) = ns("app/");
+        assert_eq!(
+            n.capabilities().limits.max_key_bytes,
+            raw.capabilities().limits.max_key_bytes - 4
+        );
+    }
+}

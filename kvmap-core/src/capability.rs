@@ -116,6 +116,15 @@ impl Limits {
         Ok(())
     }
 
+    /// Checks the keys of a `get_many`: their number and each key.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] or [`ErrorKind::InvalidKey`].
+    pub fn check_keys(&self, keys: &[Key]) -> Result<()> {
+        self.check_batch(keys.len())?;
+        keys.iter().try_for_each(|k| self.check_key(k))
+    }
+
     /// Checks the number of operations of a batch.
     ///
     /// # Errors

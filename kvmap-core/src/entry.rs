@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
+use crate::capability::Limits;
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::{check_prefix, Key};
 
@@ -441,6 +442,31 @@ impl Batch {
     pub fn delete_with(mut self, key: Key, options: DeleteOptions) -> Self {
         self.ops.push(BatchOp::Delete { key, options });
         self
+    }
+
+    /// Checks the whole batch before any I/O: the number of operations,
+    /// every key and value against `limits`, every TTL. Every backend calls
+    /// this first, so a bad batch writes nothing.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`], [`ErrorKind::InvalidKey`] or
+    /// [`ErrorKind::ValueTooLarge`] of the first bad operation.
+    pub fn validate(&self, limits: &Limits) -> Result<()> {
+        limits.check_batch(self.len())?;
+        for op in &self.ops {
+            match op {
+                BatchOp::Put {
+                    key,
+                    value,
+                    options,
+                } => {
+                    limits.check_put(key, value)?;
+                    options.validate()?;
+                }
+                BatchOp::Delete { key, .. } => limits.check_key(key)?,
+            }
+        }
+        Ok(())
     }
 
     /// Number of operations.

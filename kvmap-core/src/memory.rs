@@ -420,11 +420,7 @@ impl KvStore for MemoryStore {
     }
 
     async fn get_many(&self, ctx: &Context, keys: &[Key]) -> Result<Vec<Result<Option<Entry>>>> {
-        let limits = self.inner.config.limits;
-        limits.check_batch(keys.len())?;
-        for k in keys {
-            limits.check_key(k)?;
-        }
+        self.inner.config.limits.check_keys(keys)?;
         ctx.run(self.scope(Op::GetMany, None), async {
             let st = self.inner.lock();
             let now = Instant::now();
@@ -443,21 +439,7 @@ impl KvStore for MemoryStore {
     }
 
     async fn apply(&self, ctx: &Context, batch: Batch) -> Result<Vec<Result<BatchOutcome>>> {
-        let limits = self.inner.config.limits;
-        limits.check_batch(batch.len())?;
-        for op in &batch.ops {
-            match op {
-                BatchOp::Put {
-                    key,
-                    value,
-                    options,
-                } => {
-                    limits.check_put(key, value)?;
-                    options.validate()?;
-                }
-                BatchOp::Delete { key, .. } => limits.check_key(key)?,
-            }
-        }
+        batch.validate(&self.inner.config.limits)?;
         ctx.run(self.scope(Op::Apply, None), async {
             let mut st = self.inner.lock();
             let now = Instant::now();

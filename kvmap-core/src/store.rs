@@ -190,21 +190,7 @@ pub trait KvStore: Send + Sync + fmt::Debug + 'static {
     /// # Consistency
     /// As [`KvStore::put`].
     async fn apply(&self, ctx: &Context, batch: Batch) -> Result<Vec<Result<BatchOutcome>>> {
-        let limits = self.capabilities().limits;
-        limits.check_batch(batch.len())?;
-        for op in &batch.ops {
-            match op {
-                BatchOp::Put {
-                    key,
-                    value,
-                    options,
-                } => {
-                    limits.check_put(key, value)?;
-                    options.validate()?;
-                }
-                BatchOp::Delete { key, .. } => limits.check_key(key)?,
-            }
-        }
+        batch.validate(&self.capabilities().limits)?;
         let mut out = Vec::with_capacity(batch.len());
         for op in batch.ops {
             out.push(match op {

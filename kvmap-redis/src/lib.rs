@@ -1,1 +1,13 @@
-//! placeholder
+#![doc = include_str!("../docs.md")]
+#![forbid(unsafe_code)]
+
+mod client;
+mod config;
+mod error;
+mod list;
+mod scripts;
+mod store;
+mod watch;
+
+pub use config::{DurableWrites, RedisConfig, Topology};
+pub use store::RedisStore;

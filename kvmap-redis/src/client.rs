@@ -1,0 +1,382 @@
+//! The connection behind a store: a standalone `ConnectionManager` or a
+//! cluster `ClusterConnection`, behind one enum, plus per-node clients for
+//! pub/sub.
+
+use std::time::Duration;
+
+use kvmap_core::{Error, ErrorKind, Op, Result};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{
+    AggregateOp, MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo,
+    SingleNodeRoutingInfo,
+};
+use redis::{
+    Client, Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, IntoConnectionInfo,
+    RedisResult, ScriptInvocation, TlsCertificates, Value,
+};
+
+use crate::config::{redact_url, RedisConfig, Topology};
+use crate::error::{map, own};
+
+/// A node address as announced by the server.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct NodeAddr {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+}
+
+/// One slot range of a cluster and who serves it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct SlotRange {
+    pub(crate) start: u16,
+    pub(crate) end: u16,
+    pub(crate) master: NodeAddr,
+    pub(crate) replicas: Vec<NodeAddr>,
+}
+
+#[derive(Clone)]
+enum Conn {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// The store's connection. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct RedisClient {
+    conn: Conn,
+    /// The seed's connection info (credentials, TLS kind) for per-node clients.
+    seed: ConnectionInfo,
+    certs: Option<TlsCertificates>,
+    op_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.conn {
+            Conn::Standalone(_) => "standalone",
+            Conn::Cluster(_) => "cluster",
+        };
+        f.debug_struct("RedisClient").field("topology", &kind).finish_non_exhaustive()
+    }
+}
+
+/// Installs rustls's ring crypto provider once; "already installed" is fine.
+fn install_crypto_provider() {
+    // An error only means a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn open_err(e: redis::RedisError, what: &str) -> Error {
+    let err = map(e, Op::Open, None);
+    let detail = match err.detail() {
+        Some(d) => format!("{what}: {d}"),
+        None => what.to_owned(),
+    };
+    err.with_detail(detail)
+}
+
+impl RedisClient {
+    /// Connects and authenticates (a wrong password fails here).
+    pub(crate) async fn connect(cfg: &RedisConfig) -> Result<Self> {
+        cfg.validate()?;
+        install_crypto_provider();
+        let certs = load_certs(cfg)?;
+        let mut seed = cfg.urls[0]
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| open_err(e, &format!("bad url {}", redact_url(&cfg.urls[0]))))?;
+        let mut settings = seed.redis_settings().clone();
+        if let Some(u) = &cfg.username {
+            settings = settings.set_username(u);
+        }
+        if let Some(p) = &cfg.password {
+            settings = settings.set_password(p);
+        }
+        seed = seed.set_redis_settings(settings);
+        let conn = match cfg.topology {
+            Topology::Standalone => {
+                let client = node_client(&seed, certs.as_ref())
+                    .map_err(|e| open_err(e, "client"))?;
+                let mcfg = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(cfg.connect_timeout))
+                    .set_response_timeout(Some(cfg.op_timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                let fut = ConnectionManager::new_with_config(client, mcfg);
+                let cm = tokio::time::timeout(cfg.connect_timeout * 2, fut)
+                    .await
+                    .map_err(|_| connect_timeout())?
+                    .map_err(|e| open_err(e, "connect"))?;
+                Conn::Standalone(cm)
+            }
+            Topology::Cluster => {
+                let mut b = ClusterClient::builder(cfg.urls.clone())
+                    .connection_timeout(cfg.connect_timeout)
+                    .response_timeout(cfg.op_timeout)
+                    .retries(6)
+                    .min_retry_wait(50)
+                    .max_retry_wait(1000);
+                if let Some(u) = seed.redis_settings().username() {
+                    b = b.username(u);
+                }
+                if let Some(p) = seed.redis_settings().password() {
+                    b = b.password(p);
+                }
+                if let Some(c) = &certs {
+                    b = b.certs(clone_certs(c));
+                }
+                let client = b.build().map_err(|e| open_err(e, "cluster client"))?;
+                let fut = client.get_async_connection();
+                let cc = tokio::time::timeout(cfg.connect_timeout * 2, fut)
+                    .await
+                    .map_err(|_| connect_timeout())?
+                    .map_err(|e| open_err(e, "connect"))?;
+                Conn::Cluster(cc)
+            }
+        };
+        let this = Self {
+            conn,
+            seed,
+            certs,
+            op_timeout: cfg.op_timeout,
+            connect_timeout: cfg.connect_timeout,
+        };
+        // Authentication and reachability are checked now, not at first use.
+        this.query::<String>(&redis::cmd("PING"))
+            .await
+            .map_err(|e| open_err(e, "ping"))?;
+        Ok(this)
+    }
+
+    /// Whether this is a cluster connection.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
+    }
+
+    /// Runs a command (routed by its key in a cluster).
+    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
+        match &self.conn {
+            Conn::Standalone(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+        }
+    }
+
+    /// Runs a script (EVALSHA, loading it on NOSCRIPT).
+    pub(crate) async fn invoke(&self, inv: &ScriptInvocation<'_>) -> RedisResult<Value> {
+        match &self.conn {
+            Conn::Standalone(c) => inv.invoke_async(&mut c.clone()).await,
+            Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await,
+        }
+    }
+
+    /// Runs a command on one node (by address); standalone: on the server.
+    pub(crate) async fn query_node<T: FromRedisValue>(&self, node: &NodeAddr, cmd: Cmd) -> RedisResult<T> {
+        match &self.conn {
+            Conn::Standalone(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: node.host.clone(),
+                    port: node.port,
+                });
+                let v = c.clone().route_command(cmd, routing).await?;
+                T::from_redis_value(v).map_err(Into::into)
+            }
+        }
+    }
+
+    /// `WAIT replicas timeout` on the master of `route` (standalone: the
+    /// server), or on every master (`route: None`). Returns the smallest
+    /// number of replicas that acknowledged.
+    pub(crate) async fn wait(&self, route: Option<Route>, replicas: u32, timeout: Duration) -> RedisResult<i64> {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(replicas).arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        match &self.conn {
+            Conn::Standalone(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => {
+                let routing = match route {
+                    Some(r) => RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(r)),
+                    None => RoutingInfo::MultiNode((
+                        MultipleNodeRoutingInfo::AllMasters,
+                        Some(ResponsePolicy::Aggregate(AggregateOp::Min)),
+                    )),
+                };
+                let v = c.clone().route_command(cmd, routing).await?;
+                i64::from_redis_value(v).map_err(Into::into)
+            }
+        }
+    }
+
+    /// The slot map (cluster), or one range served by the seed (standalone).
+    pub(crate) async fn slots(&self) -> RedisResult<Vec<SlotRange>> {
+        if !self.is_cluster() {
+            return Ok(vec![SlotRange {
+                start: 0,
+                end: 16383,
+                master: self.seed_addr(),
+                replicas: vec![],
+            }]);
+        }
+        let v: Value = self.query(redis::cmd("CLUSTER").arg("SLOTS")).await?;
+        let mut out = parse_slots(&v);
+        out.sort();
+        Ok(out)
+    }
+
+    /// The masters serving slots, deduplicated and sorted.
+    pub(crate) async fn masters(&self) -> RedisResult<Vec<NodeAddr>> {
+        let mut m: Vec<NodeAddr> = self.slots().await?.into_iter().map(|r| r.master).collect();
+        m.sort();
+        m.dedup();
+        Ok(m)
+    }
+
+    fn seed_addr(&self) -> NodeAddr {
+        match self.seed.addr() {
+            ConnectionAddr::Tcp(h, p) | ConnectionAddr::TcpTls { host: h, port: p, .. } => NodeAddr {
+                host: h.clone(),
+                port: *p,
+            },
+            _ => NodeAddr {
+                host: "unix".into(),
+                port: 0,
+            },
+        }
+    }
+
+    /// A dedicated pub/sub connection to one node, with the store's
+    /// credentials and TLS settings.
+    pub(crate) async fn pubsub(&self, node: &NodeAddr) -> RedisResult<redis::aio::PubSub> {
+        let info = if self.is_cluster() {
+            let addr = match self.seed.addr() {
+                ConnectionAddr::TcpTls { insecure, .. } => ConnectionAddr::TcpTls {
+                    host: node.host.clone(),
+                    port: node.port,
+                    insecure: *insecure,
+                    tls_params: None,
+                },
+                _ => ConnectionAddr::Tcp(node.host.clone(), node.port),
+            };
+            self.seed.clone().set_addr(addr)
+        } else {
+            self.seed.clone()
+        };
+        let client = node_client(&info, self.certs.as_ref())?;
+        let fut = client.get_async_pubsub();
+        match tokio::time::timeout(self.connect_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "pubsub connect timed out").into()),
+        }
+    }
+
+    /// The per-operation timeout.
+    pub(crate) fn op_timeout(&self) -> Duration {
+        self.op_timeout
+    }
+}
+
+fn connect_timeout() -> Error {
+    own(ErrorKind::Unavailable, Op::Open, None, "connect timed out")
+}
+
+fn clone_certs(c: &TlsCertificates) -> TlsCertificates {
+    TlsCertificates {
+        client_tls: None,
+        root_cert: c.root_cert.clone(),
+    }
+}
+
+fn node_client(info: &ConnectionInfo, certs: Option<&TlsCertificates>) -> RedisResult<Client> {
+    match (info.addr(), certs) {
+        (ConnectionAddr::TcpTls { .. }, Some(c)) => Client::build_with_tls(info.clone(), clone_certs(c)),
+        _ => Client::open(info.clone()),
+    }
+}
+
+fn load_certs(cfg: &RedisConfig) -> Result<Option<TlsCertificates>> {
+    let pem = match (&cfg.tls_ca_pem, &cfg.tls_ca_file) {
+        (Some(p), _) => p.clone().into_bytes(),
+        (None, Some(path)) => std::fs::read(path).map_err(|e| {
+            own(
+                ErrorKind::InvalidArgument,
+                Op::Open,
+                None,
+                format!("cannot read tls ca file {}", path.display()),
+            )
+            .with_source(e)
+        })?,
+        (None, None) => return Ok(None),
+    };
+    if !cfg.is_tls() {
+        return Err(own(
+            ErrorKind::InvalidArgument,
+            Op::Open,
+            None,
+            "a tls ca is configured but no url is rediss://",
+        ));
+    }
+    Ok(Some(TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    }))
+}
+
+fn node_of(v: &Value) -> Option<NodeAddr> {
+    let Value::Array(a) = v else { return None };
+    let host = match a.first()? {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok()?,
+        Value::SimpleString(s) => s.clone(),
+        _ => return None,
+    };
+    let port = match a.get(1)? {
+        Value::Int(p) => u16::try_from(*p).ok()?,
+        _ => return None,
+    };
+    Some(NodeAddr { host, port })
+}
+
+/// Parses a `CLUSTER SLOTS` reply; malformed rows are skipped.
+pub(crate) fn parse_slots(v: &Value) -> Vec<SlotRange> {
+    let Value::Array(rows) = v else { return vec![] };
+    rows.iter()
+        .filter_map(|row| {
+            let Value::Array(f) = row else { return None };
+            let num = |i: usize| match f.get(i) {
+                Some(Value::Int(n)) => u16::try_from(*n).ok(),
+                _ => None,
+            };
+            Some(SlotRange {
+                start: num(0)?,
+                end: num(1)?,
+                master: node_of(f.get(2)?)?,
+                replicas: f.iter().skip(3).filter_map(node_of).collect(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cluster_slots() {
+        let node = |p: i64| {
+            Value::Array(vec![
+                Value::BulkString(b"127.0.0.1".to_vec()),
+                Value::Int(p),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let v = Value::Array(vec![
+            Value::Array(vec![Value::Int(0), Value::Int(5460), node(7000), node(7003)]),
+            Value::Nil,
+        ]);
+        let s = parse_slots(&v);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].master.port, 7000);
+        assert_eq!(s[0].replicas[0].port, 7003);
+    }
+}

@@ -1,0 +1,335 @@
+//! The Lua scripts behind every write, and the parsing of their replies,
+//! of stored hashes and of published change events.
+//!
+//! # Layout
+//! One Redis hash per key, at `namespace + key`:
+//!
+//! | field | content |
+//! | --- | --- |
+//! | `v` | the value (bytes) |
+//! | `r` | the revision (decimal) |
+//! | `c` | the create revision (decimal) |
+//! | `e` | expiry in Unix milliseconds (only with a TTL; the hash also has a `PEXPIRE`) |
+//!
+//! A revision is `max(previous + 1, server time in µs)`: strictly
+//! increasing per key, and still increasing across a delete and re-create
+//! (as long as the master's clock does not step back, e.g. after a
+//! failover to a node with a slower clock).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use kvmap_core::{Entry, ErrorKind, Key, Op, Result, Revision};
+use redis::Value;
+
+use crate::error::own;
+
+/// Put: KEYS[1] = key; ARGV = value, mode (`o`/`c`/`u`), expected revision,
+/// ttl in ms (`0`: none), channel (empty: do not publish).
+///
+/// Replies `{'ok', rev, crev, exp}`, `{'exists', rev}` or `{'conflict', rev or ''}`.
+pub(crate) const PUT: &str = r#"
+local key = KEYS[1]
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local ty = redis.call('TYPE', key)['ok']
+local r, rs, c, pv, pe = nil, nil, nil, '', '0'
+if ty == 'hash' then
+  local cur = redis.call('HMGET', key, 'r', 'c', 'v', 'e')
+  if not cur[1] then return redis.error_reply('KVMAP_BADDATA hash without revision field') end
+  rs = cur[1]; r = tonumber(rs); c = cur[2] or rs; pv = cur[3] or ''; pe = cur[4] or '0'
+elseif ty ~= 'none' then
+  return redis.error_reply('WRONGTYPE foreign key of type ' .. ty)
+end
+local mode = ARGV[2]
+if mode == 'c' and r then return {'exists', rs} end
+if mode == 'u' and rs ~= ARGV[3] then return {'conflict', rs or ''} end
+local nr = now_us
+if r and r + 1 > nr then nr = r + 1 end
+local nrs = string.format('%.0f', nr)
+local cs = c or nrs
+local ttl = tonumber(ARGV[4])
+local e = '0'
+if ttl > 0 then
+  e = string.format('%.0f', math.floor(now_us / 1000) + ttl)
+  redis.call('HSET', key, 'v', ARGV[1], 'r', nrs, 'c', cs, 'e', e)
+  redis.call('PEXPIRE', key, ttl)
+else
+  redis.call('HSET', key, 'v', ARGV[1], 'r', nrs, 'c', cs)
+  if pe ~= '0' then
+    redis.call('HDEL', key, 'e')
+    redis.call('PERSIST', key)
+  end
+end
+if ARGV[5] ~= '' then
+  redis.call('PUBLISH', ARGV[5], 'P ' .. nrs .. ' ' .. cs .. ' ' .. e .. ' ' .. #key .. ' ' ..
+    (rs or '0') .. ' ' .. (c or '0') .. ' ' .. pe .. ' ' .. #pv .. '\n' .. key .. pv .. ARGV[1])
+end
+return {'ok', nrs, cs, e}
+"#;
+
+/// Delete: KEYS[1] = key; ARGV = expected revision (empty: any), channel.
+///
+/// Replies `{'ok'}`, `{'absent'}` or `{'conflict', rev or ''}`.
+pub(crate) const DELETE: &str = r#"
+local key = KEYS[1]
+local ty = redis.call('TYPE', key)['ok']
+local r, rs, c, pv, pe = nil, nil, '0', '', '0'
+if ty == 'hash' then
+  local cur = redis.call('HMGET', key, 'r', 'c', 'v', 'e')
+  if not cur[1] then return redis.error_reply('KVMAP_BADDATA hash without revision field') end
+  rs = cur[1]; r = tonumber(rs); c = cur[2] or rs; pv = cur[3] or ''; pe = cur[4] or '0'
+elseif ty ~= 'none' then
+  return redis.error_reply('WRONGTYPE foreign key of type ' .. ty)
+end
+if ARGV[1] ~= '' and rs ~= ARGV[1] then return {'conflict', rs or ''} end
+if not r then return {'absent'} end
+redis.call('DEL', key)
+if ARGV[2] ~= '' then
+  local t = redis.call('TIME')
+  local nr = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  if r + 1 > nr then nr = r + 1 end
+  redis.call('PUBLISH', ARGV[2], 'D ' .. string.format('%.0f', nr) .. ' 0 0 ' .. #key .. ' ' ..
+    rs .. ' ' .. c .. ' ' .. pe .. ' ' .. #pv .. '\n' .. key .. pv)
+end
+return {'ok'}
+"#;
+
+/// The hash fields a read asks for, in order.
+pub(crate) const FIELDS: [&str; 4] = ["v", "r", "c", "e"];
+/// The fields of a keys-only read.
+pub(crate) const META_FIELDS: [&str; 3] = ["r", "c", "e"];
+
+/// The outcome of the put script.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PutReply {
+    Ok(Revision),
+    Exists,
+    Conflict(Option<Revision>),
+}
+
+/// The outcome of the delete script.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum DeleteReply {
+    Deleted,
+    Absent,
+    Conflict(Option<Revision>),
+}
+
+fn bulk_str(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn parse_rev(b: &[u8]) -> Option<Revision> {
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+fn bad_reply(op: Op, key: &str, what: &str) -> kvmap_core::Error {
+    own(ErrorKind::Internal, op, Some(key), format!("unexpected script reply: {what}"))
+}
+
+fn items(v: &Value) -> &[Value] {
+    match v {
+        Value::Array(a) => a,
+        _ => &[],
+    }
+}
+
+fn opt_rev(v: Option<&Value>) -> Option<Revision> {
+    v.and_then(bulk_str).and_then(parse_rev)
+}
+
+/// Parses the put script's reply.
+pub(crate) fn put_reply(v: &Value, key: &str) -> Result<PutReply> {
+    let a = items(v);
+    let tag = a.first().and_then(bulk_str).unwrap_or_default();
+    match tag {
+        b"ok" => opt_rev(a.get(1))
+            .map(PutReply::Ok)
+            .ok_or_else(|| bad_reply(Op::Put, key, "no revision")),
+        b"exists" => Ok(PutReply::Exists),
+        b"conflict" => Ok(PutReply::Conflict(opt_rev(a.get(1)))),
+        _ => Err(bad_reply(Op::Put, key, "unknown tag")),
+    }
+}
+
+/// Parses the delete script's reply.
+pub(crate) fn delete_reply(v: &Value, key: &str) -> Result<DeleteReply> {
+    let a = items(v);
+    match a.first().and_then(bulk_str).unwrap_or_default() {
+        b"ok" => Ok(DeleteReply::Deleted),
+        b"absent" => Ok(DeleteReply::Absent),
+        b"conflict" => Ok(DeleteReply::Conflict(opt_rev(a.get(1)))),
+        _ => Err(bad_reply(Op::Delete, key, "unknown tag")),
+    }
+}
+
+fn expiry(ms: u64) -> Option<SystemTime> {
+    (ms > 0).then(|| UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+/// Builds an entry from an `HMGET` of [`FIELDS`] (`keys_only`: of
+/// [`META_FIELDS`]). `None` if the key is absent.
+pub(crate) fn entry_from_fields(key: &Key, v: &Value, keys_only: bool, op: Op) -> Result<Option<Entry>> {
+    let a = items(v);
+    let (val, rest) = if keys_only {
+        (None, a)
+    } else {
+        (a.first().and_then(bulk_str), a.get(1..).unwrap_or_default())
+    };
+    let rev = rest.first().and_then(bulk_str);
+    let Some(rev) = rev else {
+        if val.is_some() || rest.iter().any(|x| !matches!(x, Value::Nil)) {
+            return Err(own(
+                ErrorKind::InvalidData,
+                op,
+                Some(key.as_str()),
+                "a foreign hash without kvmap's revision field holds this name",
+            ));
+        }
+        return Ok(None);
+    };
+    let bad = || {
+        own(
+            ErrorKind::InvalidData,
+            op,
+            Some(key.as_str()),
+            "unreadable revision fields",
+        )
+    };
+    let rev = parse_rev(rev).ok_or_else(bad)?;
+    let crev = match rest.get(1).and_then(bulk_str) {
+        Some(c) => parse_rev(c).ok_or_else(bad)?,
+        None => rev,
+    };
+    let exp = match rest.get(2).and_then(bulk_str) {
+        Some(e) => parse_rev(e).ok_or_else(bad)?,
+        None => 0,
+    };
+    let value = val.map(Bytes::copy_from_slice).unwrap_or_default();
+    Ok(Some(
+        Entry::new(key.clone(), value, rev, crev).with_expires_at(expiry(exp)),
+    ))
+}
+
+/// A change event as published by the scripts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Change {
+    /// `true` for a put, `false` for a delete.
+    pub(crate) put: bool,
+    /// The server key.
+    pub(crate) server_key: Vec<u8>,
+    /// Revision, create revision, expiry (ms) after the change (zeros for a delete).
+    pub(crate) rev: Revision,
+    pub(crate) crev: Revision,
+    pub(crate) exp: u64,
+    /// The value after a put.
+    pub(crate) value: Bytes,
+    /// The entry before: revision (0: absent), create revision, expiry, value.
+    pub(crate) prev: Option<(Revision, Revision, u64, Bytes)>,
+}
+
+impl Change {
+    /// Parses a published event; `None` if it is not one of ours.
+    pub(crate) fn parse(payload: &[u8]) -> Option<Self> {
+        let nl = payload.iter().position(|&b| b == b'\n')?;
+        let header = std::str::from_utf8(&payload[..nl]).ok()?;
+        let mut f = header.split(' ');
+        let put = match f.next()? {
+            "P" => true,
+            "D" => false,
+            _ => return None,
+        };
+        let mut num = || f.next().and_then(|s| s.parse::<u64>().ok());
+        let (rev, crev, exp, klen) = (num()?, num()?, num()?, num()?);
+        let (prev_rev, prev_crev, prev_exp, plen) = (num()?, num()?, num()?, num()?);
+        let body = &payload[nl + 1..];
+        let klen = usize::try_from(klen).ok()?;
+        let plen = usize::try_from(plen).ok()?;
+        let server_key = body.get(..klen)?.to_vec();
+        let prev_value = body.get(klen..klen.checked_add(plen)?)?;
+        let value = body.get(klen + plen..)?;
+        let prev = (prev_rev > 0).then(|| (prev_rev, prev_crev, prev_exp, Bytes::copy_from_slice(prev_value)));
+        Some(Self {
+            put,
+            server_key,
+            rev,
+            crev,
+            exp,
+            value: Bytes::copy_from_slice(value),
+            prev,
+        })
+    }
+
+    /// The entry after a put.
+    pub(crate) fn entry(&self, key: &Key) -> Entry {
+        Entry::new(key.clone(), self.value.clone(), self.rev, self.crev).with_expires_at(expiry(self.exp))
+    }
+
+    /// The entry before the change, if any.
+    pub(crate) fn prev_entry(&self, key: &Key) -> Option<Entry> {
+        self.prev.as_ref().map(|(r, c, e, v)| {
+            Entry::new(key.clone(), v.clone(), *r, *c).with_expires_at(expiry(*e))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn parses_replies() {
+        let ok = Value::Array(vec![bulk("ok"), bulk("1700000000000001"), bulk("5"), bulk("0")]);
+        assert_eq!(put_reply(&ok, "k").unwrap(), PutReply::Ok(1_700_000_000_000_001));
+        let c = Value::Array(vec![bulk("conflict"), bulk("")]);
+        assert_eq!(put_reply(&c, "k").unwrap(), PutReply::Conflict(None));
+        assert!(put_reply(&Value::Nil, "k").is_err());
+        assert_eq!(
+            delete_reply(&Value::Array(vec![bulk("absent")]), "k").unwrap(),
+            DeleteReply::Absent
+        );
+    }
+
+    #[test]
+    fn parses_fields() {
+        let k = Key::new("a").unwrap();
+        let v = Value::Array(vec![bulk("x"), bulk("7"), bulk("3"), Value::Nil]);
+        let e = entry_from_fields(&k, &v, false, Op::Get).unwrap().unwrap();
+        assert_eq!((e.revision, e.create_revision, e.value.as_ref()), (7, 3, &b"x"[..]));
+        assert!(e.expires_at.is_none());
+        let none = Value::Array(vec![Value::Nil, Value::Nil, Value::Nil, Value::Nil]);
+        assert!(entry_from_fields(&k, &none, false, Op::Get).unwrap().is_none());
+        let foreign = Value::Array(vec![bulk("x"), Value::Nil, Value::Nil, Value::Nil]);
+        let err = entry_from_fields(&k, &foreign, false, Op::Get).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn parses_events() {
+        let p = b"P 10 4 0 3 9 4 0 2\nns:ababcd";
+        let c = Change::parse(p).unwrap();
+        assert!(c.put);
+        assert_eq!(c.server_key, b"ns:a");
+        assert_eq!(c.rev, 10);
+        // key "ns:a" is 4 bytes, but the header said 3: the parse follows the
+        // header, so build a consistent one.
+        let p = b"P 10 4 0 4 9 4 0 2\nns:aabcd";
+        let c = Change::parse(p).unwrap();
+        assert_eq!(c.value.as_ref(), b"cd");
+        assert_eq!(c.prev.as_ref().map(|p| p.3.as_ref()), Some(&b"ab"[..]));
+        let d = Change::parse(b"D 11 0 0 4 10 4 0 2\nns:acd").unwrap();
+        assert!(!d.put);
+        assert_eq!(d.prev.unwrap().0, 10);
+        assert!(Change::parse(b"junk").is_none());
+        assert!(Change::parse(b"P 1 1 0 99 0 0 0 0\nshort").is_none());
+    }
+}

@@ -1,0 +1,34 @@
+//! The whole conformance suite (`conformance::redis::cluster::*`) on one
+//! 3-master/3-replica Redis Cluster started once for this binary.
+
+mod common;
+
+use std::sync::Arc;
+
+use kvmap_core::conformance::Suite;
+use kvmap_core::KvStore;
+use kvmap_redis::{RedisConfig, RedisStore};
+
+fn main() -> std::process::ExitCode {
+    // The servers live on their own runtime, so they can be dropped (and
+    // their containers removed) after the suite consumed its runtime.
+    let infra = common::runtime();
+    if let Some(code) = common::skip_without_docker(&infra) {
+        return code;
+    }
+    let cluster = infra
+        .block_on(integration_tests::RedisCluster::start())
+        .expect("start redis cluster");
+    let urls = cluster.urls();
+    let code = Suite::new("redis::cluster")
+        .with_runtime(common::runtime())
+        .run(move || {
+            let urls = urls.clone();
+            async move {
+                let store = RedisStore::connect(RedisConfig::cluster(urls)).await?;
+                Ok(Arc::new(store) as Arc<dyn KvStore>)
+            }
+        });
+    infra.block_on(async move { drop(cluster) });
+    code
+}

@@ -13,7 +13,8 @@
 # Env: KVMAP_REDIS_IMAGE, KVMAP_CONSUL_IMAGE override the image names (the
 # Rust harness reads the same variables).
 #
-# Needs root (apt-get) and a running Docker engine. Works from any directory.
+# Needs root or sudo (apt-get) and a running Docker engine. Works from any
+# directory.
 set -euo pipefail
 
 REDIS_IMAGE="${KVMAP_REDIS_IMAGE:-kvmap-test/redis:7}"
@@ -31,7 +32,7 @@ for arg in "$@"; do
         --force) FORCE=1 ;;
         redis) WANT_REDIS=1 ;;
         consul) WANT_CONSUL=1 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) die "unknown argument: $arg (try --help)" ;;
     esac
 done
@@ -42,7 +43,11 @@ fi
 
 command -v docker >/dev/null || die "docker CLI not found"
 docker info >/dev/null 2>&1 || die "Docker engine not reachable (docker info failed)"
-[[ $(id -u) == 0 ]] || die "must run as root (uses apt-get)"
+SUDO=""
+if [[ $(id -u) != 0 ]]; then
+    command -v sudo >/dev/null || die "must run as root or with sudo available (installs packages with apt-get)"
+    SUDO="sudo"
+fi
 
 WORK="$(mktemp -d -t kvmap-images.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
@@ -54,7 +59,7 @@ APT_UPDATED=0
 apt_update_once() {
     if [[ $APT_UPDATED == 0 ]]; then
         log "apt-get update"
-        apt-get update -qq || die "apt-get update failed"
+        $SUDO apt-get update -qq || die "apt-get update failed"
         APT_UPDATED=1
     fi
 }
@@ -69,7 +74,7 @@ install_lib_deps() {
     if [[ -n "$deps" ]]; then
         log "installing library dependencies of $(basename "$deb"): ${deps//$'\n'/ }"
         # shellcheck disable=SC2086
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $deps >/dev/null \
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $deps >/dev/null \
             || die "apt-get install $deps failed"
     fi
 }
@@ -113,7 +118,8 @@ add_binary() {
 }
 
 import_image() {
-    local root="$1" image="$2" entry="$3"
+    local root="$1" image="$2" entry="$3" old_id
+    old_id="$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)"
     log "importing $image (entrypoint $entry)"
     tar -C "$root" -c . | docker import \
         --change "ENV PATH=/usr/local/bin:/usr/bin:/bin" \
@@ -121,6 +127,11 @@ import_image() {
         --change "ENTRYPOINT [\"$entry\"]" \
         - "$image" >/dev/null || die "docker import of $image failed"
     log "built $image ($(docker image inspect -f '{{.Size}}' "$image") bytes)"
+    if [[ -n "$old_id" && "$old_id" != "$(docker image inspect -f '{{.Id}}' "$image")" ]]; then
+        if docker image rm "$old_id" >/dev/null 2>&1; then
+            log "removed the previous $image ($old_id)"
+        fi
+    fi
 }
 
 build_redis() {

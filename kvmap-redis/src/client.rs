@@ -225,14 +225,6 @@ impl RedisClient {
         Ok(out)
     }
 
-    /// The masters serving slots, deduplicated and sorted.
-    pub(crate) async fn masters(&self) -> RedisResult<Vec<NodeAddr>> {
-        let mut m: Vec<NodeAddr> = self.slots().await?.into_iter().map(|r| r.master).collect();
-        m.sort();
-        m.dedup();
-        Ok(m)
-    }
-
     fn seed_addr(&self) -> NodeAddr {
         match self.seed.addr() {
             ConnectionAddr::Tcp(h, p) | ConnectionAddr::TcpTls { host: h, port: p, .. } => NodeAddr {
@@ -246,24 +238,26 @@ impl RedisClient {
         }
     }
 
+    fn node_info(&self, node: &NodeAddr) -> ConnectionInfo {
+        if !self.is_cluster() {
+            return self.seed.clone();
+        }
+        let addr = match self.seed.addr() {
+            ConnectionAddr::TcpTls { insecure, .. } => ConnectionAddr::TcpTls {
+                host: node.host.clone(),
+                port: node.port,
+                insecure: *insecure,
+                tls_params: None,
+            },
+            _ => ConnectionAddr::Tcp(node.host.clone(), node.port),
+        };
+        self.seed.clone().set_addr(addr)
+    }
+
     /// A dedicated pub/sub connection to one node, with the store's
     /// credentials and TLS settings.
     pub(crate) async fn pubsub(&self, node: &NodeAddr) -> RedisResult<redis::aio::PubSub> {
-        let info = if self.is_cluster() {
-            let addr = match self.seed.addr() {
-                ConnectionAddr::TcpTls { insecure, .. } => ConnectionAddr::TcpTls {
-                    host: node.host.clone(),
-                    port: node.port,
-                    insecure: *insecure,
-                    tls_params: None,
-                },
-                _ => ConnectionAddr::Tcp(node.host.clone(), node.port),
-            };
-            self.seed.clone().set_addr(addr)
-        } else {
-            self.seed.clone()
-        };
-        let client = node_client(&info, self.certs.as_ref())?;
+        let client = node_client(&self.node_info(node), self.certs.as_ref())?;
         let fut = client.get_async_pubsub();
         match tokio::time::timeout(self.connect_timeout, fut).await {
             Ok(r) => r,
@@ -271,9 +265,20 @@ impl RedisClient {
         }
     }
 
-    /// The per-operation timeout.
-    pub(crate) fn op_timeout(&self) -> Duration {
-        self.op_timeout
+    /// Runs one command on a fresh direct connection to `node` (any role,
+    /// replicas included).
+    pub(crate) async fn direct_query<T: FromRedisValue>(&self, node: &NodeAddr, cmd: &Cmd) -> RedisResult<T> {
+        let client = node_client(&self.node_info(node), self.certs.as_ref())?;
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.op_timeout));
+        let mut conn = client.get_multiplexed_async_connection_with_config(&cfg).await?;
+        cmd.query_async(&mut conn).await
+    }
+
+    /// The database number (0 in a cluster).
+    pub(crate) fn db(&self) -> i64 {
+        self.seed.redis_settings().db()
     }
 }
 

@@ -38,6 +38,8 @@ pub(crate) struct Inner {
     delete: Script,
     /// The channel writes publish change events on (empty: none).
     pub(crate) channel: String,
+    /// The slot map for which keyspace notifications were last checked.
+    pub(crate) notifications_verified: tokio::sync::Mutex<Option<Vec<crate::client::SlotRange>>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -70,6 +72,7 @@ impl RedisStore {
                 put: Script::new(scripts::PUT),
                 delete: Script::new(scripts::DELETE),
                 channel,
+                notifications_verified: tokio::sync::Mutex::new(None),
             }),
         })
     }

@@ -5,9 +5,12 @@ mod common;
 
 use std::sync::Arc;
 
-use kvmap_core::conformance::Suite;
+use kvmap_core::conformance::{Suite, SuiteOptions};
 use kvmap_core::KvStore;
 use kvmap_redis::{RedisConfig, RedisStore};
+
+/// Small enough for the slow-consumer case to overflow it.
+const WATCH_BUFFER: usize = 32;
 
 fn main() -> std::process::ExitCode {
     // The servers live on their own runtime, so they can be dropped (and
@@ -22,10 +25,14 @@ fn main() -> std::process::ExitCode {
     let urls = cluster.urls();
     let code = Suite::new("redis::cluster")
         .with_runtime(common::runtime())
+        .with_options(SuiteOptions {
+            watch_buffer: Some(WATCH_BUFFER),
+            ..SuiteOptions::default()
+        })
         .run(move || {
             let urls = urls.clone();
             async move {
-                let store = RedisStore::connect(RedisConfig::cluster(urls)).await?;
+                let store = RedisStore::connect(RedisConfig::cluster(urls).with_watch_buffer(WATCH_BUFFER)).await?;
                 Ok(Arc::new(store) as Arc<dyn KvStore>)
             }
         });

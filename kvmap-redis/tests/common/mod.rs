@@ -24,3 +24,27 @@ pub fn skip_without_docker(rt: &tokio::runtime::Runtime) -> Option<ExitCode> {
         Some(ExitCode::SUCCESS)
     }
 }
+
+type TrialFn = Box<dyn FnOnce() -> Result<(), String> + Send>;
+
+/// Runs named checks as libtest trials, one at a time (they share servers
+/// and may inject faults), and returns the exit code.
+pub fn run_trials(trials: Vec<(&'static str, TrialFn)>) -> ExitCode {
+    let mut args = libtest_mimic::Arguments::from_args();
+    args.test_threads = Some(1);
+    let trials = trials
+        .into_iter()
+        .map(|(name, f)| libtest_mimic::Trial::test(name, move || f().map_err(Into::into)))
+        .collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// Wraps an async check on a shared runtime as a trial body.
+pub fn trial<F, Fut>(rt: &std::sync::Arc<tokio::runtime::Runtime>, f: F) -> TrialFn
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let rt = rt.clone();
+    Box::new(move || rt.block_on(f()).map_err(|e| format!("{e:#}")))
+}

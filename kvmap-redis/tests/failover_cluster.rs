@@ -1,0 +1,230 @@
+//! Failover on the 3+3 cluster (started once for this binary): a master is
+//! killed during a mixed workload, without and with durable writes, and
+//! during a watch. Prints the errors seen, the time to recover and the
+//! acknowledged writes lost.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, ensure, Context as _};
+use futures::StreamExt;
+use integration_tests::RedisCluster;
+use kvmap_core::{Context, Key, KvStore, KvStoreExt, WatchEvent, WatchRequest};
+use kvmap_redis::{RedisConfig, RedisStore};
+
+const WRITERS: usize = 8;
+const KEYS_PER_WRITER: usize = 64;
+
+#[derive(Debug, Default)]
+struct Report {
+    ops_ok: usize,
+    errors: BTreeMap<String, usize>,
+    #[allow(dead_code)] // printed through Debug
+    kill_to_cluster_ok: Duration,
+    recovered_after: Duration,
+    acked_keys: usize,
+    lost: usize,
+}
+
+fn config(cluster: &RedisCluster) -> RedisConfig {
+    RedisConfig::cluster(cluster.urls()).with_op_timeout(Duration::from_secs(1))
+}
+
+/// Kills master #0 during a write/read workload; heals the cluster after.
+async fn workload(cluster: &RedisCluster, store: Arc<RedisStore>, tag: &str) -> anyhow::Result<Report> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let errors: Arc<Mutex<Vec<(Duration, String)>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let (store, stop, errors, tag) = (store.clone(), stop.clone(), errors.clone(), tag.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let ctx = Context::new();
+            let mut acked: HashMap<Key, u64> = HashMap::new();
+            let mut ok = 0usize;
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let key = Key::new(format!("fo-{tag}/{w}/{}", i % KEYS_PER_WRITER as u64)).expect("key");
+                match store.set(&ctx, &key, i.to_string()).await {
+                    Ok(_) => {
+                        ok += 1;
+                        acked.insert(key.clone(), i);
+                    }
+                    Err(e) => errors.lock().expect("lock").push((t0.elapsed(), format!("put {:?} {:?}", e.kind(), e.retry_class()))),
+                }
+                if i % 4 == 0 {
+                    match store.get(&ctx, &key).await {
+                        Ok(_) => ok += 1,
+                        Err(e) => errors.lock().expect("lock").push((t0.elapsed(), format!("get {:?}", e.kind()))),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            (ok, acked)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let victim = cluster.masters().await?[0].index.ok_or_else(|| anyhow!("victim index"))?;
+    let kill_at = t0.elapsed();
+    let kill_to_cluster_ok = cluster.kill_master(0).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut report = Report {
+        kill_to_cluster_ok,
+        ..Report::default()
+    };
+    let mut acked_all = HashMap::new();
+    for t in tasks {
+        let (ok, acked) = t.await?;
+        report.ops_ok += ok;
+        acked_all.extend(acked);
+    }
+    let errors = errors.lock().expect("lock").clone();
+    for (_, kind) in &errors {
+        *report.errors.entry(kind.clone()).or_default() += 1;
+    }
+    report.recovered_after = errors
+        .iter()
+        .map(|(at, _)| at.saturating_sub(kill_at))
+        .max()
+        .unwrap_or_default();
+    report.acked_keys = acked_all.len();
+    let ctx = Context::new();
+    for (key, want) in &acked_all {
+        let got = store.get(&ctx, key).await?;
+        let got: u64 = got
+            .map(|e| String::from_utf8_lossy(&e.value).parse().unwrap_or(0))
+            .unwrap_or(0);
+        if got < *want {
+            report.lost += 1;
+        }
+    }
+    cluster.restart_node(victim).await.context("heal the cluster")?;
+    eprintln!("[failover {tag}] {report:?}");
+    Ok(report)
+}
+
+async fn watch_across_failover(cluster: &RedisCluster) -> anyhow::Result<()> {
+    let store = Arc::new(RedisStore::connect(config(cluster)).await?);
+    let ctx = Context::new();
+    let mut stream = store.watch(&ctx, WatchRequest::prefix("fw/")).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (store, stop) = (store.clone(), stop.clone());
+        tokio::spawn(async move {
+            let ctx = Context::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let key = Key::new(format!("fw/{}", i % 32)).expect("key");
+                let _ = store.set(&ctx, &key, i.to_string()).await;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        })
+    };
+    let seen: Arc<Mutex<(BTreeMap<Key, bytes::Bytes>, usize, usize)>> = Arc::default();
+    let reader = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = stream.next().await {
+                let mut s = seen.lock().expect("lock");
+                match ev {
+                    Ok(WatchEvent::Put { entry, .. }) => {
+                        s.0.insert(entry.key, entry.value);
+                        s.1 += 1;
+                    }
+                    Ok(WatchEvent::Delete { key, .. } | WatchEvent::Expired { key, .. }) => {
+                        s.0.remove(&key);
+                    }
+                    Ok(WatchEvent::Resync { entries, .. }) => {
+                        s.0 = entries.into_iter().map(|e| (e.key, e.value)).collect();
+                        s.2 += 1;
+                    }
+                    Err(e) => {
+                        eprintln!("watch stream error: {e}");
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let victim = cluster.masters().await?[0].index.ok_or_else(|| anyhow!("victim index"))?;
+    cluster.kill_master(0).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await?;
+    let finals: BTreeMap<Key, bytes::Bytes> = store
+        .list_all(&ctx, kvmap_core::ListRequest::prefix("fw/"), usize::MAX)
+        .await?
+        .into_iter()
+        .map(|e| (e.key, e.value))
+        .collect();
+    let t = Instant::now();
+    let outcome = loop {
+        let (same, puts, resyncs) = {
+            let s = seen.lock().expect("lock");
+            (s.0 == finals, s.1, s.2)
+        };
+        if same {
+            break Ok((puts, resyncs));
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            break Err(anyhow!("the watch never converged on the final values"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    reader.abort();
+    cluster.restart_node(victim).await.context("heal the cluster")?;
+    let (puts, resyncs) = outcome?;
+    eprintln!(
+        "[failover watch] {} keys, final values all observed after {:?}; {puts} put events, {resyncs} resyncs",
+        finals.len(),
+        t.elapsed()
+    );
+    ensure!(resyncs >= 1, "continuity was lost (slot map changed) but no resync was emitted");
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let infra = Arc::new(common::runtime());
+    if let Some(code) = common::skip_without_docker(&infra) {
+        return code;
+    }
+    let cluster = Arc::new(infra.block_on(RedisCluster::start()).expect("start redis cluster"));
+    let (c1, c2, c3) = (cluster.clone(), cluster.clone(), cluster.clone());
+    let trials = vec![
+        (
+            "cluster_failover_mixed_workload_recovers",
+            common::trial(&infra, move || async move {
+                let store = Arc::new(RedisStore::connect(config(&c1)).await?);
+                let r = workload(&c1, store, "plain").await?;
+                ensure!(r.ops_ok > 0, "no operation succeeded");
+                ensure!(r.recovered_after < Duration::from_secs(20), "no recovery: {r:?}");
+                Ok(())
+            }),
+        ),
+        (
+            "cluster_failover_durable_writes_lose_nothing",
+            common::trial(&infra, move || async move {
+                let cfg = config(&c2).with_durable_writes(1, Duration::from_millis(500));
+                let store = Arc::new(RedisStore::connect(cfg).await?);
+                let r = workload(&c2, store, "durable").await?;
+                ensure!(r.lost == 0, "durable mode lost {} acknowledged writes", r.lost);
+                Ok(())
+            }),
+        ),
+        (
+            "cluster_failover_watch_resyncs_and_sees_final_values",
+            common::trial(&infra, move || async move { watch_across_failover(&c3).await }),
+        ),
+    ];
+    let code = common::run_trials(trials);
+    infra.block_on(async move { drop(cluster) });
+    code
+}

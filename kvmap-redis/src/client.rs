@@ -187,6 +187,22 @@ impl RedisClient {
         }
     }
 
+    /// Runs a pipeline on one node (standalone: on the server); with
+    /// `ignore_errors` set, per-command errors come back as values.
+    pub(crate) async fn pipeline(&self, pipe: &redis::Pipeline, node: Option<&NodeAddr>) -> RedisResult<Vec<Value>> {
+        match (&self.conn, node) {
+            (Conn::Standalone(c), _) => pipe.query_async(&mut c.clone()).await,
+            (Conn::Cluster(c), Some(node)) => {
+                let route = SingleNodeRoutingInfo::ByAddress {
+                    host: node.host.clone(),
+                    port: node.port,
+                };
+                c.clone().route_pipeline(pipe.clone(), 0, pipe.len(), route).await
+            }
+            (Conn::Cluster(c), None) => pipe.query_async(&mut c.clone()).await,
+        }
+    }
+
     /// `WAIT replicas timeout` on the master of `route` (standalone: the
     /// server), or on every master (`route: None`). Returns the smallest
     /// number of replicas that acknowledged.

@@ -1,6 +1,7 @@
 #![doc = include_str!("../docs.md")]
 #![forbid(unsafe_code)]
 
+mod batch;
 mod client;
 mod config;
 mod error;

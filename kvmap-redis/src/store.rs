@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::{StreamExt, TryFutureExt};
 use kvmap_core::{
     Batch, BatchOp, BatchOutcome, Capabilities, Consistency, Context, DeleteOptions, Entry,
     ErrorKind, Key, KvStore, ListPage, ListRequest, Op, PutMode, PutOptions, Result, Revision,
@@ -109,8 +108,8 @@ impl Inner {
         format!("{}{}", self.cfg.namespace, key)
     }
 
-    /// Reads one key from the master.
-    pub(crate) async fn read(&self, key: &Key, keys_only: bool, op: Op) -> Result<Option<Entry>> {
+    /// The `HMGET` of a read.
+    pub(crate) fn read_cmd(&self, key: &Key, keys_only: bool) -> redis::Cmd {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(self.server_key(key.as_str()));
         if keys_only {
@@ -118,16 +117,20 @@ impl Inner {
         } else {
             cmd.arg(&FIELDS[..]);
         }
+        cmd
+    }
+
+    /// Reads one key from the master.
+    pub(crate) async fn read(&self, key: &Key, keys_only: bool, op: Op) -> Result<Option<Entry>> {
         let v: Value = self
             .client
-            .query(&cmd)
+            .query(&self.read_cmd(key, keys_only))
             .await
             .map_err(|e| map(e, op, Some(key.as_str())))?;
         scripts::entry_from_fields(key, &v, keys_only, op)
     }
 
-    async fn put_one(&self, key: &Key, value: &Bytes, options: &PutOptions, op: Op, wait: bool) -> Result<Revision> {
-        let skey = self.server_key(key.as_str());
+    fn put_args(options: &PutOptions) -> (&'static str, String, u64) {
         let (mode, expected) = match options.mode {
             PutMode::Overwrite => ("o", String::new()),
             PutMode::Create => ("c", String::new()),
@@ -136,6 +139,65 @@ impl Inner {
         let ttl_ms = options
             .ttl
             .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1));
+        (mode, expected, ttl_ms)
+    }
+
+    /// The put script as a plain `EVALSHA` (for pipelines).
+    pub(crate) fn put_cmd(&self, key: &Key, value: &Bytes, options: &PutOptions) -> redis::Cmd {
+        let (mode, expected, ttl_ms) = Self::put_args(options);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.put.get_hash())
+            .arg(1)
+            .arg(self.server_key(key.as_str()))
+            .arg(value.as_ref())
+            .arg(mode)
+            .arg(expected)
+            .arg(ttl_ms)
+            .arg(&self.channel);
+        cmd
+    }
+
+    /// The delete script as a plain `EVALSHA` (for pipelines).
+    pub(crate) fn delete_cmd(&self, key: &Key, options: &DeleteOptions) -> redis::Cmd {
+        let expected = options.if_revision.map(|r| r.to_string()).unwrap_or_default();
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.delete.get_hash())
+            .arg(1)
+            .arg(self.server_key(key.as_str()))
+            .arg(expected)
+            .arg(&self.channel);
+        cmd
+    }
+
+    pub(crate) fn put_outcome(v: &Value, key: &Key, op: Op) -> Result<Revision> {
+        match scripts::put_reply(v, key.as_str())? {
+            PutReply::Ok(r) => Ok(r),
+            PutReply::Exists => Err(own(ErrorKind::AlreadyExists, op, Some(key.as_str()), "create-only put")),
+            PutReply::Conflict(current) => Err(own(
+                ErrorKind::Conflict { current },
+                op,
+                Some(key.as_str()),
+                "update-if-revision put",
+            )),
+        }
+    }
+
+    pub(crate) fn delete_outcome(v: &Value, key: &Key, op: Op) -> Result<bool> {
+        match scripts::delete_reply(v, key.as_str())? {
+            DeleteReply::Deleted => Ok(true),
+            DeleteReply::Absent => Ok(false),
+            DeleteReply::Conflict(current) => Err(own(
+                ErrorKind::Conflict { current },
+                op,
+                Some(key.as_str()),
+                "delete-if-revision",
+            )),
+        }
+    }
+
+    pub(crate) async fn put_one(&self, key: &Key, value: &Bytes, options: &PutOptions, op: Op, wait: bool) -> Result<Revision> {
+        let skey = self.server_key(key.as_str());
+        let (mode, expected, ttl_ms) = Self::put_args(options);
         let mut inv = self.put.key(&skey);
         inv.arg(value.as_ref())
             .arg(mode)
@@ -147,20 +209,14 @@ impl Inner {
             .invoke(&inv)
             .await
             .map_err(|e| map(e, op, Some(key.as_str())))?;
-        let rev = match scripts::put_reply(&v, key.as_str())? {
-            PutReply::Ok(r) => r,
-            PutReply::Exists => return Err(own(ErrorKind::AlreadyExists, op, Some(key.as_str()), "create-only put")),
-            PutReply::Conflict(current) => {
-                return Err(own(ErrorKind::Conflict { current }, op, Some(key.as_str()), "update-if-revision put"))
-            }
-        };
+        let rev = Self::put_outcome(&v, key, op)?;
         if wait {
             self.durable(Some(&skey), op, key.as_str()).await?;
         }
         Ok(rev)
     }
 
-    async fn delete_one(&self, key: &Key, options: &DeleteOptions, op: Op, wait: bool) -> Result<bool> {
+    pub(crate) async fn delete_one(&self, key: &Key, options: &DeleteOptions, op: Op, wait: bool) -> Result<bool> {
         let skey = self.server_key(key.as_str());
         let expected = options.if_revision.map(|r| r.to_string()).unwrap_or_default();
         let mut inv = self.delete.key(&skey);
@@ -170,26 +226,16 @@ impl Inner {
             .invoke(&inv)
             .await
             .map_err(|e| map(e, op, Some(key.as_str())))?;
-        match scripts::delete_reply(&v, key.as_str())? {
-            DeleteReply::Deleted => {
-                if wait {
-                    self.durable(Some(&skey), op, key.as_str()).await?;
-                }
-                Ok(true)
-            }
-            DeleteReply::Absent => Ok(false),
-            DeleteReply::Conflict(current) => Err(own(
-                ErrorKind::Conflict { current },
-                op,
-                Some(key.as_str()),
-                "delete-if-revision",
-            )),
+        let deleted = Self::delete_outcome(&v, key, op)?;
+        if deleted && wait {
+            self.durable(Some(&skey), op, key.as_str()).await?;
         }
+        Ok(deleted)
     }
 
     /// In durable-write mode, waits for the replicas of the master that
     /// took the write (`skey: None`: of every master).
-    async fn durable(&self, skey: Option<&str>, op: Op, key: &str) -> Result<()> {
+    pub(crate) async fn durable(&self, skey: Option<&str>, op: Op, key: &str) -> Result<()> {
         let Some(d) = self.cfg.durable_writes else {
             return Ok(());
         };
@@ -288,20 +334,11 @@ impl KvStore for RedisStore {
         let inner = self.inner.clone();
         let keys = keys.to_vec();
         ctx.run(self.batch_scope(Op::GetMany, keys.len()), async move {
-            let out: Vec<Result<Option<Entry>>> = futures::stream::iter(keys)
-                .map(move |k| {
-                    let inner = inner.clone();
-                    async move {
-                        inner
-                            .read(&k, false, Op::GetMany)
-                            .map_ok(|e| e.map(|e| e.with_staleness(marker)))
-                            .await
-                    }
-                })
-                .buffered(BATCH_IN_FLIGHT)
-                .collect()
-                .await;
-            Ok(out)
+            let out = crate::batch::get_many(&inner, keys).await;
+            Ok(out
+                .into_iter()
+                .map(|r| r.map(|e| e.map(|e| e.with_staleness(marker))))
+                .collect())
         })
         .await
     }
@@ -317,39 +354,7 @@ impl KvStore for RedisStore {
         }
         let inner = self.inner.clone();
         let n = batch.len();
-        ctx.run(self.batch_scope(Op::Apply, n), async move {
-            // Per-op durability waits would cost a round trip each: the
-            // batch waits once per master at the end instead.
-            let each = inner.clone();
-            let out: Vec<Result<BatchOutcome>> = futures::stream::iter(batch.ops)
-                .map(move |op| {
-                    let inner = each.clone();
-                    async move {
-                    match &op {
-                        BatchOp::Put { key, value, options } => inner
-                            .put_one(key, value, options, Op::Apply, false)
-                            .await
-                            .map(BatchOutcome::Put),
-                        BatchOp::Delete { key, options } => inner
-                            .delete_one(key, options, Op::Apply, false)
-                            .await
-                            .map(BatchOutcome::Deleted),
-                    }
-                    }
-                })
-                .buffered(BATCH_IN_FLIGHT)
-                .collect()
-                .await;
-            if inner.cfg.durable_writes.is_some() && out.iter().any(Result::is_ok) {
-                if let Err(e) = inner.durable(None, Op::Apply, "").await {
-                    return Ok(out
-                        .into_iter()
-                        .map(|r| r.and_then(|_| Err(e.clone())))
-                        .collect());
-                }
-            }
-            Ok(out)
-        })
-        .await
+        ctx.run(self.batch_scope(Op::Apply, n), async move { Ok(crate::batch::apply(&inner, batch).await) })
+            .await
     }
 }

@@ -2,10 +2,12 @@
 //! cluster `ClusterConnection`, behind one enum, plus per-node clients for
 //! pub/sub.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kvmap_core::{Error, ErrorKind, Op, Result};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{
@@ -51,6 +53,9 @@ pub(crate) struct RedisClient {
     certs: Option<TlsCertificates>,
     op_timeout: Duration,
     connect_timeout: Duration,
+    /// Direct connections to single nodes (replicas for stale reads,
+    /// masters for replication probes), in `READONLY` mode.
+    node_conns: Arc<tokio::sync::Mutex<HashMap<NodeAddr, MultiplexedConnection>>>,
 }
 
 impl std::fmt::Debug for RedisClient {
@@ -143,6 +148,7 @@ impl RedisClient {
             certs,
             op_timeout: cfg.op_timeout,
             connect_timeout: cfg.connect_timeout,
+            node_conns: Arc::default(),
         };
         // Authentication and reachability are checked now, not at first use.
         this.query::<String>(&redis::cmd("PING"))
@@ -290,6 +296,32 @@ impl RedisClient {
             .set_response_timeout(Some(self.op_timeout));
         let mut conn = client.get_multiplexed_async_connection_with_config(&cfg).await?;
         cmd.query_async(&mut conn).await
+    }
+
+    /// Runs a command on a cached direct connection to `node`, opened in
+    /// `READONLY` mode (so a replica serves reads of its master's slots).
+    pub(crate) async fn node_query<T: FromRedisValue>(&self, node: &NodeAddr, cmd: &Cmd) -> RedisResult<T> {
+        let cached = self.node_conns.lock().await.get(node).cloned();
+        let mut conn = match cached {
+            Some(c) => c,
+            None => {
+                let client = node_client(&self.node_info(node), self.certs.as_ref())?;
+                let cfg = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.connect_timeout))
+                    .set_response_timeout(Some(self.op_timeout));
+                let mut c = client.get_multiplexed_async_connection_with_config(&cfg).await?;
+                if self.is_cluster() {
+                    let _: () = redis::cmd("READONLY").query_async(&mut c).await?;
+                }
+                self.node_conns.lock().await.insert(node.clone(), c.clone());
+                c
+            }
+        };
+        let r = cmd.query_async(&mut conn).await;
+        if r.as_ref().is_err_and(|e| e.is_io_error() || e.is_unrecoverable_error()) {
+            self.node_conns.lock().await.remove(node);
+        }
+        r
     }
 
     /// The database number (0 in a cluster).

@@ -7,6 +7,7 @@ mod config;
 mod error;
 mod list;
 mod scripts;
+mod stale;
 mod store;
 mod watch;
 

@@ -39,6 +39,8 @@ pub(crate) struct Inner {
     pub(crate) channel: String,
     /// The slot map for which keyspace notifications were last checked.
     pub(crate) notifications_verified: tokio::sync::Mutex<Option<Vec<crate::client::SlotRange>>>,
+    /// Replica freshness for stale reads.
+    pub(crate) stale: crate::stale::StaleState,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -72,6 +74,7 @@ impl RedisStore {
                 delete: Script::new(scripts::DELETE),
                 channel,
                 notifications_verified: tokio::sync::Mutex::new(None),
+                stale: crate::stale::StaleState::default(),
             }),
         })
     }
@@ -292,14 +295,19 @@ impl KvStore for RedisStore {
             .with(kvmap_core::Capability::WatchResume, Support::Unsupported)
             .with(kvmap_core::Capability::AtomicBatch, Support::Unsupported)
             .with(kvmap_core::Capability::Cas, Support::Emulated)
+            .with(kvmap_core::Capability::StaleRead, Support::Emulated)
             .with_limits(self.inner.cfg.limits)
     }
 
     async fn get(&self, ctx: &Context, key: &Key) -> Result<Option<Entry>> {
         self.inner.cfg.limits.check_key(key)?;
         let scope = self.scope(Op::Get, Some(key.as_str()));
-        let entry = ctx.run(scope, self.inner.read(key, false, Op::Get)).await?;
-        Ok(entry.map(|e| e.with_staleness(stale_marker(ctx))))
+        match ctx.consistency() {
+            Consistency::Stale { max_staleness } => {
+                ctx.run(scope, crate::stale::read(&self.inner, key, max_staleness)).await
+            }
+            _ => ctx.run(scope, self.inner.read(key, false, Op::Get)).await,
+        }
     }
 
     async fn put(&self, ctx: &Context, key: &Key, value: Bytes, options: PutOptions) -> Result<Revision> {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, ensure, Context as _};
 use futures::StreamExt;
 use integration_tests::RedisCluster;
-use kvmap_core::{Context, Key, KvStore, KvStoreExt, WatchEvent, WatchRequest};
+use kvmap_core::{Consistency, Context, ErrorKind, Key, KvStore, KvStoreExt, WatchEvent, WatchRequest};
 use kvmap_redis::{RedisConfig, RedisStore};
 
 const WRITERS: usize = 8;
@@ -191,6 +191,51 @@ async fn watch_across_failover(cluster: &RedisCluster) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Stale reads are served by replicas within the bound, or `StaleTooOld`.
+async fn stale_reads(cluster: &RedisCluster) -> anyhow::Result<()> {
+    let store = RedisStore::connect(config(cluster)).await?;
+    let ctx = Context::new();
+    for i in 0..20 {
+        let k = Key::new(format!("st/{i}"))?;
+        store.set(&ctx, &k, format!("v{i}")).await?;
+        let stale = Context::new().with_consistency(Consistency::Stale { max_staleness: Duration::from_secs(1) });
+        let e = store.get(&stale, &k).await?.ok_or_else(|| anyhow!("stale read lost {k}"))?;
+        ensure!(e.value == format!("v{i}"), "stale read of a write acknowledged before the probe: {e:?}");
+        let s = e.staleness.ok_or_else(|| anyhow!("no staleness on a stale read"))?;
+        ensure!(s <= Duration::from_secs(1), "staleness {s:?} over the bound");
+    }
+    let tight = Context::new().with_consistency(Consistency::Stale { max_staleness: Duration::from_nanos(1) });
+    let e = match store.get(&tight, &Key::new("st/0")?).await {
+        Ok(got) => return Err(anyhow!("1ns bound met: {got:?}")),
+        Err(e) => e,
+    };
+    ensure!(matches!(e.kind(), ErrorKind::StaleTooOld { .. }), "kind {:?}", e.kind());
+    Ok(())
+}
+
+/// A foreign key of another type inside the namespace is `InvalidData`,
+/// per key in batches.
+async fn foreign_keys(cluster: &RedisCluster) -> anyhow::Result<()> {
+    let store = RedisStore::connect(config(cluster)).await?;
+    let mut raw = cluster.client()?.get_async_connection().await?;
+    let _: () = redis::cmd("SET").arg("kvmap:fk/str").arg("x").query_async(&mut raw).await?;
+    let ctx = Context::new();
+    let (ok, bad) = (Key::new("fk/ok")?, Key::new("fk/str")?);
+    store.set(&ctx, &ok, "v").await?;
+    let got = store.get_many(&ctx, &[ok.clone(), bad.clone()]).await?;
+    ensure!(matches!(&got[0], Ok(Some(_))), "{:?}", got[0]);
+    ensure!(matches!(&got[1], Err(e) if e.kind() == ErrorKind::InvalidData), "{:?}", got[1]);
+    let batch = kvmap_core::Batch::new().put(ok.clone(), "w").put(bad.clone(), "w");
+    let out = store.apply(&ctx, batch).await?;
+    ensure!(out[0].is_ok(), "{:?}", out[0]);
+    ensure!(matches!(&out[1], Err(e) if e.kind() == ErrorKind::InvalidData), "{:?}", out[1]);
+    let e = store.get(&ctx, &bad).await.err().ok_or_else(|| anyhow!("read a foreign key"))?;
+    ensure!(e.kind() == ErrorKind::InvalidData, "get: {e}");
+    let e = store.delete(&ctx, &bad, Default::default()).await.err().ok_or_else(|| anyhow!("deleted a foreign key"))?;
+    ensure!(e.kind() == ErrorKind::InvalidData, "delete: {e}");
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let infra = Arc::new(common::runtime());
     if let Some(code) = common::skip_without_docker(&infra) {
@@ -198,7 +243,16 @@ fn main() -> std::process::ExitCode {
     }
     let cluster = Arc::new(infra.block_on(RedisCluster::start()).expect("start redis cluster"));
     let (c1, c2, c3) = (cluster.clone(), cluster.clone(), cluster.clone());
+    let (c4, c5) = (cluster.clone(), cluster.clone());
     let trials = vec![
+        (
+            "cluster_stale_read_from_replica_is_bounded",
+            common::trial(&infra, move || async move { stale_reads(&c4).await }),
+        ),
+        (
+            "cluster_foreign_key_is_invalid_data_per_key",
+            common::trial(&infra, move || async move { foreign_keys(&c5).await }),
+        ),
         (
             "cluster_failover_mixed_workload_recovers",
             common::trial(&infra, move || async move {

@@ -20,17 +20,28 @@ use redis::AsyncCommands;
 const BATCH: usize = 10_000;
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
-fn bench_single(c: &mut Criterion, rt: &tokio::runtime::Runtime, store: &RedisStore, raw: &redis::cluster_async::ClusterConnection) {
+fn bench_single(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    store: &RedisStore,
+    raw: &redis::cluster_async::ClusterConnection,
+) {
     let ctx = Context::new();
     let key = Key::new("bench/k").expect("key");
     let value = Bytes::from(vec![b'x'; 100]);
     rt.block_on(async {
         store.set(&ctx, &key, value.clone()).await.expect("seed");
         let mut r = raw.clone();
-        let _: () = r.set("raw:bench/k", value.as_ref()).await.expect("seed raw");
+        let _: () = r
+            .set("raw:bench/k", value.as_ref())
+            .await
+            .expect("seed raw");
     });
     for conc in [1usize, 64] {
         let mut g = c.benchmark_group(format!("get_c{conc}"));
@@ -82,7 +93,9 @@ fn bench_single(c: &mut Criterion, rt: &tokio::runtime::Runtime, store: &RedisSt
 fn redis_benchmark(port: u16, test: &str) -> Option<f64> {
     let out = std::process::Command::new("redis-benchmark")
         .args(["--cluster", "-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-t", test, "-n", "200000", "-P", "64", "-r", "10000", "-d", "100", "-q"])
+        .args([
+            "-t", test, "-n", "200000", "-P", "64", "-r", "10000", "-d", "100", "-q",
+        ])
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -93,15 +106,24 @@ fn redis_benchmark(port: u16, test: &str) -> Option<f64> {
         .next_back()
 }
 
-fn batch_throughput(rt: &tokio::runtime::Runtime, store: &RedisStore, quiet: &RedisStore, port: Option<u16>) {
+fn batch_throughput(
+    rt: &tokio::runtime::Runtime,
+    store: &RedisStore,
+    quiet: &RedisStore,
+    port: Option<u16>,
+) {
     let ctx = Context::new();
-    let keys: Vec<Key> = (0..BATCH).map(|i| Key::new(format!("bench/b/{i}")).expect("key")).collect();
+    let keys: Vec<Key> = (0..BATCH)
+        .map(|i| Key::new(format!("bench/b/{i}")).expect("key"))
+        .collect();
     let value = Bytes::from(vec![b'x'; 100]);
     let rounds = 5;
     let (apply_s, get_s) = rt.block_on(async {
         let t = Instant::now();
         for _ in 0..rounds {
-            let batch = keys.iter().fold(Batch::new(), |b, k| b.put(k.clone(), value.clone()));
+            let batch = keys
+                .iter()
+                .fold(Batch::new(), |b, k| b.put(k.clone(), value.clone()));
             let out = store.apply(&ctx, batch).await.expect("apply");
             assert!(out.iter().all(Result::is_ok));
         }
@@ -116,13 +138,18 @@ fn batch_throughput(rt: &tokio::runtime::Runtime, store: &RedisStore, quiet: &Re
     let quiet_s = rt.block_on(async {
         let t = Instant::now();
         for _ in 0..rounds {
-            let batch = keys.iter().fold(Batch::new(), |b, k| b.put(k.clone(), value.clone()));
+            let batch = keys
+                .iter()
+                .fold(Batch::new(), |b, k| b.put(k.clone(), value.clone()));
             quiet.apply(&ctx, batch).await.expect("apply");
         }
         t.elapsed().as_secs_f64()
     });
     let ops = (BATCH * rounds) as f64;
-    println!("batch apply 10k puts, change events off: {:.0} ops/s", ops / quiet_s);
+    println!(
+        "batch apply 10k puts, change events off: {:.0} ops/s",
+        ops / quiet_s
+    );
     let (apply_rate, get_rate) = (ops / apply_s, ops / get_s);
     println!("batch apply 10k puts: {apply_rate:.0} ops/s");
     println!("batch get_many 10k:   {get_rate:.0} ops/s");
@@ -131,7 +158,11 @@ fn batch_throughput(rt: &tokio::runtime::Runtime, store: &RedisStore, quiet: &Re
         let get = redis_benchmark(port, "get");
         if let (Some(set), Some(get)) = (set, get) {
             println!("redis-benchmark --cluster -P 64: SET {set:.0} ops/s, GET {get:.0} ops/s");
-            println!("ratio apply/SET = {:.2}, get_many/GET = {:.2}", apply_rate / set, get_rate / get);
+            println!(
+                "ratio apply/SET = {:.2}, get_many/GET = {:.2}",
+                apply_rate / set,
+                get_rate / get
+            );
         } else {
             println!("redis-benchmark not available or unparsable output");
         }
@@ -142,7 +173,10 @@ fn watch_latency(rt: &tokio::runtime::Runtime, store: &RedisStore) {
     let ctx = Context::new();
     let key = Key::new("bench/w").expect("key");
     let mut lat: Vec<Duration> = rt.block_on(async {
-        let mut s = store.watch(&ctx, WatchRequest::key(key.clone())).await.expect("watch");
+        let mut s = store
+            .watch(&ctx, WatchRequest::key(key.clone()))
+            .await
+            .expect("watch");
         let mut out = Vec::new();
         for i in 0..500u32 {
             let t = Instant::now();
@@ -160,7 +194,11 @@ fn watch_latency(rt: &tokio::runtime::Runtime, store: &RedisStore) {
     });
     lat.sort();
     let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
-    println!("watch latency (put issued -> event received): p50 {:?}, p99 {:?}", p(0.50), p(0.99));
+    println!(
+        "watch latency (put issued -> event received): p50 {:?}, p99 {:?}",
+        p(0.50),
+        p(0.99)
+    );
 }
 
 fn main() {
@@ -168,7 +206,9 @@ fn main() {
     let (urls, guard) = match std::env::var("KVMAP_BENCH_REDIS_URLS") {
         Ok(v) => (v.split(',').map(str::to_owned).collect::<Vec<_>>(), None),
         Err(_) => {
-            let cluster = rt.block_on(integration_tests::RedisCluster::start()).expect("start cluster");
+            let cluster = rt
+                .block_on(integration_tests::RedisCluster::start())
+                .expect("start cluster");
             (cluster.urls(), Some(cluster))
         }
     };
@@ -176,9 +216,15 @@ fn main() {
         .first()
         .and_then(|u| u.rsplit(':').next())
         .and_then(|p| p.trim_end_matches('/').parse().ok());
-    let store = rt.block_on(RedisStore::connect(RedisConfig::cluster(urls.clone()))).expect("connect");
+    let store = rt
+        .block_on(RedisStore::connect(RedisConfig::cluster(urls.clone())))
+        .expect("connect");
     let raw = rt
-        .block_on(async { redis::cluster::ClusterClient::new(urls.clone())?.get_async_connection().await })
+        .block_on(async {
+            redis::cluster::ClusterClient::new(urls.clone())?
+                .get_async_connection()
+                .await
+        })
         .expect("raw cluster connection");
     let mut c = Criterion::default()
         .sample_size(20)
@@ -188,7 +234,9 @@ fn main() {
     bench_single(&mut c, &rt, &store, &raw);
     c.final_summary();
     let quiet = rt
-        .block_on(RedisStore::connect(RedisConfig::cluster(urls.clone()).with_watch_events(false)))
+        .block_on(RedisStore::connect(
+            RedisConfig::cluster(urls.clone()).with_watch_events(false),
+        ))
         .expect("connect");
     batch_throughput(&rt, &store, &quiet, port);
     watch_latency(&rt, &store);

@@ -48,21 +48,35 @@ pub(crate) fn key_slot(key: &[u8]) -> u16 {
     for &b in k {
         crc ^= u16::from(b) << 8;
         for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
         }
     }
     crc % 16384
 }
 
-fn master_of<'a>(slots: &'a [SlotRange], slot: u16) -> Option<&'a NodeAddr> {
-    slots.iter().find(|r| r.start <= slot && slot <= r.end).map(|r| &r.master)
+fn master_of(slots: &[SlotRange], slot: u16) -> Option<&NodeAddr> {
+    slots
+        .iter()
+        .find(|r| r.start <= slot && slot <= r.end)
+        .map(|r| &r.master)
 }
 
 fn not_run(e: &RedisError) -> bool {
     matches!(
         e.kind(),
         redis::ErrorKind::Server(
-            SK::Moved | SK::Ask | SK::TryAgain | SK::ClusterDown | SK::MasterDown | SK::BusyLoading | SK::ReadOnly | SK::NoScript
+            SK::Moved
+                | SK::Ask
+                | SK::TryAgain
+                | SK::ClusterDown
+                | SK::MasterDown
+                | SK::BusyLoading
+                | SK::ReadOnly
+                | SK::NoScript
         )
     )
 }
@@ -107,7 +121,11 @@ async fn exec(inner: &Arc<Inner>, cmds: Vec<(String, Cmd)>, write: bool) -> Vec<
                     // retried alone (the client refreshes the slot map).
                     None if inner.client.is_cluster() => Err(None),
                     None => inner.client.pipeline(&pipe, None).await.map_err(Some),
-                    Some(node) => inner.client.pipeline(&pipe, Some(&node)).await.map_err(Some),
+                    Some(node) => inner
+                        .client
+                        .pipeline(&pipe, Some(&node))
+                        .await
+                        .map_err(Some),
                 };
                 (idx, r)
             }
@@ -144,7 +162,9 @@ async fn exec(inner: &Arc<Inner>, cmds: Vec<(String, Cmd)>, write: bool) -> Vec<
             }
         }
     }
-    out.into_iter().map(|o| o.unwrap_or(Outcome::Retry)).collect()
+    out.into_iter()
+        .map(|o| o.unwrap_or(Outcome::Retry))
+        .collect()
 }
 
 type RedisResultVec = std::result::Result<Vec<Value>, Option<RedisError>>;
@@ -176,7 +196,11 @@ pub(crate) async fn apply(inner: &Arc<Inner>, batch: Batch) -> Vec<Result<BatchO
         .map(|op| {
             let skey = inner.server_key(op.key().as_str());
             let cmd = match op {
-                BatchOp::Put { key, value, options } => inner.put_cmd(key, value, options),
+                BatchOp::Put {
+                    key,
+                    value,
+                    options,
+                } => inner.put_cmd(key, value, options),
                 BatchOp::Delete { key, options } => inner.delete_cmd(key, options),
             };
             (skey, cmd)
@@ -187,7 +211,9 @@ pub(crate) async fn apply(inner: &Arc<Inner>, batch: Batch) -> Vec<Result<BatchO
     for (op, o) in batch.ops.iter().zip(outcomes) {
         let key = op.key();
         out.push(match (op, o) {
-            (BatchOp::Put { .. }, Outcome::Done(v)) => Inner::put_outcome(&v, key, Op::Apply).map(BatchOutcome::Put),
+            (BatchOp::Put { .. }, Outcome::Done(v)) => {
+                Inner::put_outcome(&v, key, Op::Apply).map(BatchOutcome::Put)
+            }
             (BatchOp::Delete { .. }, Outcome::Done(v)) => {
                 Inner::delete_outcome(&v, key, Op::Apply).map(BatchOutcome::Deleted)
             }
@@ -205,7 +231,10 @@ pub(crate) async fn apply(inner: &Arc<Inner>, batch: Batch) -> Vec<Result<BatchO
     if inner.cfg.durable_writes.is_some() && out.iter().any(Result::is_ok) {
         if let Err(e) = inner.durable(None, Op::Apply, "").await {
             let e = e.with_retry(RetryClass::OutcomeUnknown);
-            return out.into_iter().map(|r| r.and_then(|_| Err(e.clone()))).collect();
+            return out
+                .into_iter()
+                .map(|r| r.and_then(|_| Err(e.clone())))
+                .collect();
         }
     }
     out

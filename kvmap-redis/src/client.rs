@@ -11,12 +11,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{
-    AggregateOp, MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo,
-    SingleNodeRoutingInfo,
+    AggregateOp, MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo,
 };
 use redis::{
-    Client, Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, IntoConnectionInfo,
-    RedisResult, ScriptInvocation, TlsCertificates, Value,
+    Client, Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, IntoConnectionInfo, RedisResult,
+    ScriptInvocation, TlsCertificates, Value,
 };
 
 use crate::config::{redact_url, RedisConfig, Topology};
@@ -64,7 +63,9 @@ impl std::fmt::Debug for RedisClient {
             Conn::Standalone(_) => "standalone",
             Conn::Cluster(_) => "cluster",
         };
-        f.debug_struct("RedisClient").field("topology", &kind).finish_non_exhaustive()
+        f.debug_struct("RedisClient")
+            .field("topology", &kind)
+            .finish_non_exhaustive()
     }
 }
 
@@ -89,10 +90,18 @@ impl RedisClient {
         cfg.validate()?;
         install_crypto_provider();
         let certs = load_certs(cfg)?;
-        let mut seed = cfg.urls[0]
+        let first = cfg.urls.first().ok_or_else(|| {
+            own(
+                ErrorKind::InvalidArgument,
+                Op::Open,
+                None,
+                "no redis url given",
+            )
+        })?;
+        let mut seed = first
             .as_str()
             .into_connection_info()
-            .map_err(|e| open_err(e, &format!("bad url {}", redact_url(&cfg.urls[0]))))?;
+            .map_err(|e| open_err(e, &format!("bad url {}", redact_url(first))))?;
         let mut settings = seed.redis_settings().clone();
         if let Some(u) = &cfg.username {
             settings = settings.set_username(u);
@@ -103,8 +112,8 @@ impl RedisClient {
         seed = seed.set_redis_settings(settings);
         let conn = match cfg.topology {
             Topology::Standalone => {
-                let client = node_client(&seed, certs.as_ref())
-                    .map_err(|e| open_err(e, "client"))?;
+                let client =
+                    node_client(&seed, certs.as_ref()).map_err(|e| open_err(e, "client"))?;
                 let mcfg = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(cfg.connect_timeout))
                     .set_response_timeout(Some(cfg.op_timeout))
@@ -179,7 +188,11 @@ impl RedisClient {
     }
 
     /// Runs a command on one node (by address); standalone: on the server.
-    pub(crate) async fn query_node<T: FromRedisValue>(&self, node: &NodeAddr, cmd: Cmd) -> RedisResult<T> {
+    pub(crate) async fn query_node<T: FromRedisValue>(
+        &self,
+        node: &NodeAddr,
+        cmd: Cmd,
+    ) -> RedisResult<T> {
         match &self.conn {
             Conn::Standalone(c) => cmd.query_async(&mut c.clone()).await,
             Conn::Cluster(c) => {
@@ -195,7 +208,11 @@ impl RedisClient {
 
     /// Runs a pipeline on one node (standalone: on the server); with
     /// `ignore_errors` set, per-command errors come back as values.
-    pub(crate) async fn pipeline(&self, pipe: &redis::Pipeline, node: Option<&NodeAddr>) -> RedisResult<Vec<Value>> {
+    pub(crate) async fn pipeline(
+        &self,
+        pipe: &redis::Pipeline,
+        node: Option<&NodeAddr>,
+    ) -> RedisResult<Vec<Value>> {
         match (&self.conn, node) {
             (Conn::Standalone(c), _) => pipe.query_async(&mut c.clone()).await,
             (Conn::Cluster(c), Some(node)) => {
@@ -203,7 +220,9 @@ impl RedisClient {
                     host: node.host.clone(),
                     port: node.port,
                 };
-                c.clone().route_pipeline(pipe.clone(), 0, pipe.len(), route).await
+                c.clone()
+                    .route_pipeline(pipe.clone(), 0, pipe.len(), route)
+                    .await
             }
             (Conn::Cluster(c), None) => pipe.query_async(&mut c.clone()).await,
         }
@@ -212,9 +231,15 @@ impl RedisClient {
     /// `WAIT replicas timeout` on the master of `route` (standalone: the
     /// server), or on every master (`route: None`). Returns the smallest
     /// number of replicas that acknowledged.
-    pub(crate) async fn wait(&self, route: Option<Route>, replicas: u32, timeout: Duration) -> RedisResult<i64> {
+    pub(crate) async fn wait(
+        &self,
+        route: Option<Route>,
+        replicas: u32,
+        timeout: Duration,
+    ) -> RedisResult<i64> {
         let mut cmd = redis::cmd("WAIT");
-        cmd.arg(replicas).arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        cmd.arg(replicas)
+            .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
         match &self.conn {
             Conn::Standalone(c) => cmd.query_async(&mut c.clone()).await,
             Conn::Cluster(c) => {
@@ -249,7 +274,10 @@ impl RedisClient {
 
     fn seed_addr(&self) -> NodeAddr {
         match self.seed.addr() {
-            ConnectionAddr::Tcp(h, p) | ConnectionAddr::TcpTls { host: h, port: p, .. } => NodeAddr {
+            ConnectionAddr::Tcp(h, p)
+            | ConnectionAddr::TcpTls {
+                host: h, port: p, ..
+            } => NodeAddr {
                 host: h.clone(),
                 port: *p,
             },
@@ -283,24 +311,38 @@ impl RedisClient {
         let fut = client.get_async_pubsub();
         match tokio::time::timeout(self.connect_timeout, fut).await {
             Ok(r) => r,
-            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "pubsub connect timed out").into()),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "pubsub connect timed out",
+            )
+            .into()),
         }
     }
 
     /// Runs one command on a fresh direct connection to `node` (any role,
     /// replicas included).
-    pub(crate) async fn direct_query<T: FromRedisValue>(&self, node: &NodeAddr, cmd: &Cmd) -> RedisResult<T> {
+    pub(crate) async fn direct_query<T: FromRedisValue>(
+        &self,
+        node: &NodeAddr,
+        cmd: &Cmd,
+    ) -> RedisResult<T> {
         let client = node_client(&self.node_info(node), self.certs.as_ref())?;
         let cfg = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.op_timeout));
-        let mut conn = client.get_multiplexed_async_connection_with_config(&cfg).await?;
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await?;
         cmd.query_async(&mut conn).await
     }
 
     /// Runs a command on a cached direct connection to `node`, opened in
     /// `READONLY` mode (so a replica serves reads of its master's slots).
-    pub(crate) async fn node_query<T: FromRedisValue>(&self, node: &NodeAddr, cmd: &Cmd) -> RedisResult<T> {
+    pub(crate) async fn node_query<T: FromRedisValue>(
+        &self,
+        node: &NodeAddr,
+        cmd: &Cmd,
+    ) -> RedisResult<T> {
         let cached = self.node_conns.lock().await.get(node).cloned();
         let mut conn = match cached {
             Some(c) => c,
@@ -309,7 +351,9 @@ impl RedisClient {
                 let cfg = redis::AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(self.connect_timeout))
                     .set_response_timeout(Some(self.op_timeout));
-                let mut c = client.get_multiplexed_async_connection_with_config(&cfg).await?;
+                let mut c = client
+                    .get_multiplexed_async_connection_with_config(&cfg)
+                    .await?;
                 if self.is_cluster() {
                     let _: () = redis::cmd("READONLY").query_async(&mut c).await?;
                 }
@@ -318,7 +362,9 @@ impl RedisClient {
             }
         };
         let r = cmd.query_async(&mut conn).await;
-        if r.as_ref().is_err_and(|e| e.is_io_error() || e.is_unrecoverable_error()) {
+        if r.as_ref()
+            .is_err_and(|e| e.is_io_error() || e.is_unrecoverable_error())
+        {
             self.node_conns.lock().await.remove(node);
         }
         r
@@ -343,7 +389,9 @@ fn clone_certs(c: &TlsCertificates) -> TlsCertificates {
 
 fn node_client(info: &ConnectionInfo, certs: Option<&TlsCertificates>) -> RedisResult<Client> {
     match (info.addr(), certs) {
-        (ConnectionAddr::TcpTls { .. }, Some(c)) => Client::build_with_tls(info.clone(), clone_certs(c)),
+        (ConnectionAddr::TcpTls { .. }, Some(c)) => {
+            Client::build_with_tls(info.clone(), clone_certs(c))
+        }
         _ => Client::open(info.clone()),
     }
 }
@@ -424,7 +472,12 @@ mod tests {
             ])
         };
         let v = Value::Array(vec![
-            Value::Array(vec![Value::Int(0), Value::Int(5460), node(7000), node(7003)]),
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node(7000),
+                node(7003),
+            ]),
             Value::Nil,
         ]);
         let s = parse_slots(&v);

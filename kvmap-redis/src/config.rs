@@ -196,7 +196,11 @@ impl RedisConfig {
     }
 
     /// Sets the credentials.
-    pub fn with_credentials(mut self, username: Option<String>, password: impl Into<String>) -> Self {
+    pub fn with_credentials(
+        mut self,
+        username: Option<String>,
+        password: impl Into<String>,
+    ) -> Self {
         self.username = username;
         self.password = Some(password.into());
         self
@@ -389,7 +393,9 @@ mod tests {
             .with_namespace("a{b")
             .validate()
             .is_err());
-        assert!(RedisConfig::cluster(["redis://a:1", "rediss://b:2"]).validate().is_ok());
+        assert!(RedisConfig::cluster(["redis://a:1", "rediss://b:2"])
+            .validate()
+            .is_ok());
         let c: RedisConfig = serde_json::from_str(r#"{"urls":["redis://x:1"]}"#).unwrap();
         assert_eq!(c.namespace, "kvmap:");
     }

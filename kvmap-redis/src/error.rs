@@ -15,8 +15,6 @@
 //! | bad client configuration | `InvalidArgument` | never |
 //! | anything else | `Internal` | never |
 
-use std::io;
-
 use kvmap_core::{Error, ErrorKind, Op, RetryClass};
 use redis::{ErrorKind as RK, RedisError, ServerErrorKind as SK};
 
@@ -52,12 +50,6 @@ pub(crate) fn own(kind: ErrorKind, op: Op, key: Option<&str>, detail: impl Into<
         err = err.with_key(k);
     }
     err
-}
-
-fn io_kind(e: &RedisError) -> Option<io::ErrorKind> {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<io::Error>())
-        .map(io::Error::kind)
 }
 
 fn is_tls_trust_failure(e: &RedisError) -> bool {
@@ -136,24 +128,24 @@ fn classify_io(e: &RedisError, unknown: RetryClass) -> (ErrorKind, RetryClass, O
     if e.is_timeout() {
         return (ErrorKind::Timeout, unknown, Some("i/o timeout".into()));
     }
-    match io_kind(e) {
-        Some(io::ErrorKind::ConnectionRefused) => (
+    if e.is_connection_refusal() {
+        return (
             ErrorKind::Unavailable,
             RetryClass::Safe,
             Some("connection refused".into()),
-        ),
-        Some(io::ErrorKind::PermissionDenied) => (ErrorKind::PermissionDenied, RetryClass::Never, None),
-        _ => (
-            ErrorKind::Unavailable,
-            unknown,
-            Some("connection lost".into()),
-        ),
+        );
     }
+    (
+        ErrorKind::Unavailable,
+        unknown,
+        Some("connection lost".into()),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io;
 
     fn server(reply: &str) -> RedisError {
         match redis::parse_redis_value(reply.as_bytes()).and_then(|v| v.extract_error()) {
@@ -171,21 +163,86 @@ mod tests {
         use ErrorKind as K;
         use RetryClass as R;
         let cases: Vec<(RedisError, Op, K, R)> = vec![
-            (server("-MOVED 3999 127.0.0.1:6381\r\n"), Op::Get, K::Unavailable, R::Safe),
-            (server("-ASK 3999 127.0.0.1:6381\r\n"), Op::Put, K::Unavailable, R::Safe),
+            (
+                server("-MOVED 3999 127.0.0.1:6381\r\n"),
+                Op::Get,
+                K::Unavailable,
+                R::Safe,
+            ),
+            (
+                server("-ASK 3999 127.0.0.1:6381\r\n"),
+                Op::Put,
+                K::Unavailable,
+                R::Safe,
+            ),
             (server("-TRYAGAIN x\r\n"), Op::Put, K::Unavailable, R::Safe),
-            (server("-CLUSTERDOWN The cluster is down\r\n"), Op::Put, K::Unavailable, R::Safe),
-            (server("-MASTERDOWN link down\r\n"), Op::Get, K::Unavailable, R::Safe),
-            (server("-LOADING loading\r\n"), Op::Get, K::Unavailable, R::Safe),
-            (server("-READONLY replica\r\n"), Op::Put, K::Unavailable, R::Safe),
-            (io(io::ErrorKind::ConnectionRefused), Op::Put, K::Unavailable, R::Safe),
-            (io(io::ErrorKind::ConnectionReset), Op::Get, K::Unavailable, R::Safe),
-            (io(io::ErrorKind::ConnectionReset), Op::Put, K::Unavailable, R::OutcomeUnknown),
-            (io(io::ErrorKind::BrokenPipe), Op::Delete, K::Unavailable, R::OutcomeUnknown),
+            (
+                server("-CLUSTERDOWN The cluster is down\r\n"),
+                Op::Put,
+                K::Unavailable,
+                R::Safe,
+            ),
+            (
+                server("-MASTERDOWN link down\r\n"),
+                Op::Get,
+                K::Unavailable,
+                R::Safe,
+            ),
+            (
+                server("-LOADING loading\r\n"),
+                Op::Get,
+                K::Unavailable,
+                R::Safe,
+            ),
+            (
+                server("-READONLY replica\r\n"),
+                Op::Put,
+                K::Unavailable,
+                R::Safe,
+            ),
+            (
+                io(io::ErrorKind::ConnectionRefused),
+                Op::Put,
+                K::Unavailable,
+                R::Safe,
+            ),
+            (
+                io(io::ErrorKind::ConnectionReset),
+                Op::Get,
+                K::Unavailable,
+                R::Safe,
+            ),
+            (
+                io(io::ErrorKind::ConnectionReset),
+                Op::Put,
+                K::Unavailable,
+                R::OutcomeUnknown,
+            ),
+            (
+                io(io::ErrorKind::BrokenPipe),
+                Op::Delete,
+                K::Unavailable,
+                R::OutcomeUnknown,
+            ),
             (io(io::ErrorKind::TimedOut), Op::Get, K::Timeout, R::Safe),
-            (io(io::ErrorKind::TimedOut), Op::Put, K::Timeout, R::OutcomeUnknown),
-            (io(io::ErrorKind::TimedOut), Op::Apply, K::Timeout, R::OutcomeUnknown),
-            (server("-NOAUTH Authentication required.\r\n"), Op::Get, K::Unauthenticated, R::Never),
+            (
+                io(io::ErrorKind::TimedOut),
+                Op::Put,
+                K::Timeout,
+                R::OutcomeUnknown,
+            ),
+            (
+                io(io::ErrorKind::TimedOut),
+                Op::Apply,
+                K::Timeout,
+                R::OutcomeUnknown,
+            ),
+            (
+                server("-NOAUTH Authentication required.\r\n"),
+                Op::Get,
+                K::Unauthenticated,
+                R::Never,
+            ),
             (
                 server("-WRONGPASS invalid username-password pair\r\n"),
                 Op::Open,
@@ -216,7 +273,12 @@ mod tests {
                 K::InvalidData,
                 R::Never,
             ),
-            (server("-KVMAP_BADDATA no revision field\r\n"), Op::Put, K::InvalidData, R::Never),
+            (
+                server("-KVMAP_BADDATA no revision field\r\n"),
+                Op::Put,
+                K::InvalidData,
+                R::Never,
+            ),
             (
                 RedisError::from(io::Error::other("invalid peer certificate: UnknownIssuer")),
                 Op::Open,
@@ -229,7 +291,12 @@ mod tests {
                 K::InvalidArgument,
                 R::Never,
             ),
-            (server("-ERR something odd\r\n"), Op::Get, K::Internal, R::Never),
+            (
+                server("-ERR something odd\r\n"),
+                Op::Get,
+                K::Internal,
+                R::Never,
+            ),
         ];
         for (e, op, kind, retry) in cases {
             let text = e.to_string();

@@ -89,14 +89,27 @@ async fn scan_node(inner: &Inner, node: &NodeAddr, pattern: &str) -> Result<Vec<
 /// Every key of the namespace in `range`, sorted, from every master.
 pub(crate) async fn scan_range(inner: &Inner, range: &KeyRange) -> Result<BTreeSet<String>> {
     let ns = &inner.cfg.namespace;
-    let pattern = format!("{}{}*", glob_escape(ns), glob_escape(&literal_prefix(range)));
+    let pattern = format!(
+        "{}{}*",
+        glob_escape(ns),
+        glob_escape(&literal_prefix(range))
+    );
     for _ in 0..ATTEMPTS {
-        let before = inner.client.slots().await.map_err(|e| map(e, Op::List, None))?;
+        let before = inner
+            .client
+            .slots()
+            .await
+            .map_err(|e| map(e, Op::List, None))?;
         let mut masters: Vec<&NodeAddr> = before.iter().map(|r| &r.master).collect();
         masters.sort();
         masters.dedup();
-        let scans = futures::future::join_all(masters.iter().map(|m| scan_node(inner, m, &pattern))).await;
-        let after = inner.client.slots().await.map_err(|e| map(e, Op::List, None))?;
+        let scans =
+            futures::future::join_all(masters.iter().map(|m| scan_node(inner, m, &pattern))).await;
+        let after = inner
+            .client
+            .slots()
+            .await
+            .map_err(|e| map(e, Op::List, None))?;
         if before != after {
             tracing::debug!("redis list: slot map changed during the scan, rescanning");
             continue;
@@ -104,9 +117,16 @@ pub(crate) async fn scan_range(inner: &Inner, range: &KeyRange) -> Result<BTreeS
         let mut keys = BTreeSet::new();
         for scan in scans {
             for raw in scan? {
-                let Some(rest) = raw.strip_prefix(ns.as_bytes()) else { continue };
+                let Some(rest) = raw.strip_prefix(ns.as_bytes()) else {
+                    continue;
+                };
                 let name = std::str::from_utf8(rest).map_err(|_| {
-                    own(ErrorKind::InvalidData, Op::List, None, "a key in the namespace is not utf-8")
+                    own(
+                        ErrorKind::InvalidData,
+                        Op::List,
+                        None,
+                        "a key in the namespace is not utf-8",
+                    )
                 })?;
                 if range.contains(name) {
                     keys.insert(name.to_owned());
@@ -138,8 +158,13 @@ pub(crate) async fn fetch_in_order(
             .take((want - out.len()).min(FETCH_IN_FLIGHT))
             .map(|n| {
                 Key::new(&n).map_err(|e| {
-                    own(ErrorKind::InvalidData, Op::List, Some(&n), "a key in the namespace breaks the key rules")
-                        .with_source(e)
+                    own(
+                        ErrorKind::InvalidData,
+                        Op::List,
+                        Some(&n),
+                        "a key in the namespace breaks the key rules",
+                    )
+                    .with_source(e)
                 })
             })
             .collect::<Result<_>>()?;

@@ -39,8 +39,12 @@ pub(crate) struct StaleState {
 }
 
 fn info_field(info: &str, name: &str) -> Option<String> {
-    info.lines()
-        .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':').map(str::to_owned))
+    info.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix(name)?
+            .strip_prefix(':')
+            .map(str::to_owned)
+    })
 }
 
 /// Healthy replicas per master address, from a `CLUSTER NODES` reply.
@@ -53,11 +57,19 @@ pub(crate) fn replicas_by_master(text: &str) -> HashMap<NodeAddr, Vec<NodeAddr>>
             continue;
         }
         let addr = f[1].split(['@', ',']).next().unwrap_or_default();
-        let Some((host, port)) = addr.rsplit_once(':') else { continue };
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            continue;
+        };
         let Ok(port) = port.parse() else { continue };
-        let node = NodeAddr { host: host.to_owned(), port };
+        let node = NodeAddr {
+            host: host.to_owned(),
+            port,
+        };
         let flags = f[2];
-        if flags.split(',').any(|x| x == "fail" || x == "fail?" || x == "handshake" || x == "noaddr") {
+        if flags
+            .split(',')
+            .any(|x| x == "fail" || x == "fail?" || x == "handshake" || x == "noaddr")
+        {
             continue;
         }
         if flags.split(',').any(|x| x == "slave") && f[3] != "-" && f[7] == "connected" {
@@ -85,7 +97,11 @@ impl StaleState {
                 return Ok(s.clone());
             }
         }
-        let mut s = inner.client.slots().await.map_err(|e| map(e, Op::Get, None))?;
+        let mut s = inner
+            .client
+            .slots()
+            .await
+            .map_err(|e| map(e, Op::Get, None))?;
         // CLUSTER SLOTS leaves out replicas that have not reported an
         // offset yet; CLUSTER NODES lists every attached replica.
         if s.iter().any(|r| r.replicas.is_empty()) {
@@ -107,7 +123,12 @@ impl StaleState {
 
     /// Proves the replica fresh as of a new `t0`; returns it, or `None`
     /// if the replica lags behind (or is detached).
-    async fn probe(&self, inner: &Inner, master: &NodeAddr, replica: &NodeAddr) -> Result<Option<Instant>> {
+    async fn probe(
+        &self,
+        inner: &Inner,
+        master: &NodeAddr,
+        replica: &NodeAddr,
+    ) -> Result<Option<Instant>> {
         let info = |node: &NodeAddr| {
             let node = node.clone();
             async move {
@@ -124,7 +145,14 @@ impl StaleState {
         let m = info(master).await?;
         let m_off: u64 = info_field(&m, "master_repl_offset")
             .and_then(|v| v.parse().ok())
-            .ok_or_else(|| own(ErrorKind::Internal, Op::Get, None, "no master_repl_offset in INFO"))?;
+            .ok_or_else(|| {
+                own(
+                    ErrorKind::Internal,
+                    Op::Get,
+                    None,
+                    "no master_repl_offset in INFO",
+                )
+            })?;
         let r = info(replica).await?;
         let up = info_field(&r, "master_link_status").is_some_and(|v| v == "up");
         let r_off: u64 = info_field(&r, "slave_repl_offset")
@@ -175,7 +203,11 @@ pub(crate) async fn read(inner: &Inner, key: &Key, max: Duration) -> Result<Opti
             }
         },
     };
-    let v: Value = match inner.client.node_query(replica, &inner.read_cmd(key, false)).await {
+    let v: Value = match inner
+        .client
+        .node_query(replica, &inner.read_cmd(key, false))
+        .await
+    {
         Ok(v) => v,
         Err(e) if e.redirect_node().is_some() => return master_read().await,
         Err(e) => return Err(map(e, Op::Get, Some(key.as_str()))),
@@ -189,7 +221,8 @@ pub(crate) async fn read(inner: &Inner, key: &Key, max: Duration) -> Result<Opti
             "the replica read took longer than the bound",
         ));
     }
-    Ok(scripts::entry_from_fields(key, &v, false, Op::Get)?.map(|e| e.with_staleness(Some(staleness))))
+    Ok(scripts::entry_from_fields(key, &v, false, Op::Get)?
+        .map(|e| e.with_staleness(Some(staleness))))
 }
 
 #[cfg(test)]
@@ -202,10 +235,23 @@ mod tests {
                     bbb 127.0.0.1:7003@17003 slave aaa 0 0 1 connected\n\
                     ccc 127.0.0.1:7004@17004 slave,fail aaa 0 0 1 disconnected\n";
         let m = replicas_by_master(text);
-        let master = NodeAddr { host: "127.0.0.1".into(), port: 7000 };
-        assert_eq!(m[&master], vec![NodeAddr { host: "127.0.0.1".into(), port: 7003 }]);
+        let master = NodeAddr {
+            host: "127.0.0.1".into(),
+            port: 7000,
+        };
         assert_eq!(
-            info_field("# Replication\r\nrole:slave\r\nslave_repl_offset:42\r\n", "slave_repl_offset").as_deref(),
+            m[&master],
+            vec![NodeAddr {
+                host: "127.0.0.1".into(),
+                port: 7003
+            }]
+        );
+        assert_eq!(
+            info_field(
+                "# Replication\r\nrole:slave\r\nslave_repl_offset:42\r\n",
+                "slave_repl_offset"
+            )
+            .as_deref(),
             Some("42")
         );
     }

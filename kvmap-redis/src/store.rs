@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use kvmap_core::{
     Batch, BatchOp, BatchOutcome, Capabilities, Consistency, Context, DeleteOptions, Entry,
-    ErrorKind, Key, KvStore, ListPage, ListRequest, Op, PutMode, PutOptions, Result, Revision,
-    RetryClass, Scope, Support, WatchRequest, WatchStream,
+    ErrorKind, Key, KvStore, ListPage, ListRequest, Op, PutMode, PutOptions, Result, RetryClass,
+    Revision, Scope, Support, WatchRequest, WatchStream,
 };
 use redis::cluster_routing::{Route, SlotAddr};
 use redis::{Script, Value};
@@ -139,9 +139,9 @@ impl Inner {
             PutMode::Create => ("c", String::new()),
             PutMode::Update(r) => ("u", r.to_string()),
         };
-        let ttl_ms = options
-            .ttl
-            .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1));
+        let ttl_ms = options.ttl.map_or(0, |t| {
+            u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
         (mode, expected, ttl_ms)
     }
 
@@ -162,7 +162,10 @@ impl Inner {
 
     /// The delete script as a plain `EVALSHA` (for pipelines).
     pub(crate) fn delete_cmd(&self, key: &Key, options: &DeleteOptions) -> redis::Cmd {
-        let expected = options.if_revision.map(|r| r.to_string()).unwrap_or_default();
+        let expected = options
+            .if_revision
+            .map(|r| r.to_string())
+            .unwrap_or_default();
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.delete.get_hash())
             .arg(1)
@@ -175,7 +178,12 @@ impl Inner {
     pub(crate) fn put_outcome(v: &Value, key: &Key, op: Op) -> Result<Revision> {
         match scripts::put_reply(v, key.as_str())? {
             PutReply::Ok(r) => Ok(r),
-            PutReply::Exists => Err(own(ErrorKind::AlreadyExists, op, Some(key.as_str()), "create-only put")),
+            PutReply::Exists => Err(own(
+                ErrorKind::AlreadyExists,
+                op,
+                Some(key.as_str()),
+                "create-only put",
+            )),
             PutReply::Conflict(current) => Err(own(
                 ErrorKind::Conflict { current },
                 op,
@@ -198,7 +206,14 @@ impl Inner {
         }
     }
 
-    pub(crate) async fn put_one(&self, key: &Key, value: &Bytes, options: &PutOptions, op: Op, wait: bool) -> Result<Revision> {
+    pub(crate) async fn put_one(
+        &self,
+        key: &Key,
+        value: &Bytes,
+        options: &PutOptions,
+        op: Op,
+        wait: bool,
+    ) -> Result<Revision> {
         let skey = self.server_key(key.as_str());
         let (mode, expected, ttl_ms) = Self::put_args(options);
         let mut inv = self.put.key(&skey);
@@ -219,9 +234,18 @@ impl Inner {
         Ok(rev)
     }
 
-    pub(crate) async fn delete_one(&self, key: &Key, options: &DeleteOptions, op: Op, wait: bool) -> Result<bool> {
+    pub(crate) async fn delete_one(
+        &self,
+        key: &Key,
+        options: &DeleteOptions,
+        op: Op,
+        wait: bool,
+    ) -> Result<bool> {
         let skey = self.server_key(key.as_str());
-        let expected = options.if_revision.map(|r| r.to_string()).unwrap_or_default();
+        let expected = options
+            .if_revision
+            .map(|r| r.to_string())
+            .unwrap_or_default();
         let mut inv = self.delete.key(&skey);
         inv.arg(expected).arg(&self.channel);
         let v = self
@@ -272,7 +296,12 @@ fn stale_marker(ctx: &Context) -> Option<Duration> {
     }
 }
 
-fn check_put(limits: &kvmap_core::Limits, key: &Key, value: &Bytes, options: &PutOptions) -> Result<()> {
+fn check_put(
+    limits: &kvmap_core::Limits,
+    key: &Key,
+    value: &Bytes,
+    options: &PutOptions,
+) -> Result<()> {
     limits.check_put(key, value)?;
     options.validate()
 }
@@ -304,28 +333,44 @@ impl KvStore for RedisStore {
         let scope = self.scope(Op::Get, Some(key.as_str()));
         match ctx.consistency() {
             Consistency::Stale { max_staleness } => {
-                ctx.run(scope, crate::stale::read(&self.inner, key, max_staleness)).await
+                ctx.run(scope, crate::stale::read(&self.inner, key, max_staleness))
+                    .await
             }
             _ => ctx.run(scope, self.inner.read(key, false, Op::Get)).await,
         }
     }
 
-    async fn put(&self, ctx: &Context, key: &Key, value: Bytes, options: PutOptions) -> Result<Revision> {
+    async fn put(
+        &self,
+        ctx: &Context,
+        key: &Key,
+        value: Bytes,
+        options: PutOptions,
+    ) -> Result<Revision> {
         check_put(&self.inner.cfg.limits, key, &value, &options)?;
         let scope = self.scope(Op::Put, Some(key.as_str()));
-        ctx.run(scope, self.inner.put_one(key, &value, &options, Op::Put, true)).await
+        ctx.run(
+            scope,
+            self.inner.put_one(key, &value, &options, Op::Put, true),
+        )
+        .await
     }
 
     async fn delete(&self, ctx: &Context, key: &Key, options: DeleteOptions) -> Result<bool> {
         self.inner.cfg.limits.check_key(key)?;
         let scope = self.scope(Op::Delete, Some(key.as_str()));
-        ctx.run(scope, self.inner.delete_one(key, &options, Op::Delete, true)).await
+        ctx.run(
+            scope,
+            self.inner.delete_one(key, &options, Op::Delete, true),
+        )
+        .await
     }
 
     async fn list(&self, ctx: &Context, request: &ListRequest) -> Result<ListPage> {
         request.validate()?;
         let scope = self.scope(Op::List, Some(request.range.start()));
-        ctx.run(scope, crate::list::list_page(self.inner.clone(), request)).await
+        ctx.run(scope, crate::list::list_page(self.inner.clone(), request))
+            .await
     }
 
     async fn watch(&self, ctx: &Context, request: WatchRequest) -> Result<WatchStream> {
@@ -356,13 +401,19 @@ impl KvStore for RedisStore {
         limits.check_batch(batch.len())?;
         for op in &batch.ops {
             match op {
-                BatchOp::Put { key, value, options } => check_put(&limits, key, value, options)?,
+                BatchOp::Put {
+                    key,
+                    value,
+                    options,
+                } => check_put(&limits, key, value, options)?,
                 BatchOp::Delete { key, .. } => limits.check_key(key)?,
             }
         }
         let inner = self.inner.clone();
         let n = batch.len();
-        ctx.run(self.batch_scope(Op::Apply, n), async move { Ok(crate::batch::apply(&inner, batch).await) })
-            .await
+        ctx.run(self.batch_scope(Op::Apply, n), async move {
+            Ok(crate::batch::apply(&inner, batch).await)
+        })
+        .await
     }
 }

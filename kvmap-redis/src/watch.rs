@@ -56,7 +56,11 @@ struct Subs {
     slots: Vec<SlotRange>,
 }
 
-pub(crate) async fn watch(store: &RedisStore, ctx: &Context, request: WatchRequest) -> Result<WatchStream> {
+pub(crate) async fn watch(
+    store: &RedisStore,
+    ctx: &Context,
+    request: WatchRequest,
+) -> Result<WatchStream> {
     let scope = store.scope(Op::Watch, Some(request.target.describe()));
     ctx.check(&scope)?;
     request.validate()?;
@@ -65,7 +69,9 @@ pub(crate) async fn watch(store: &RedisStore, ctx: &Context, request: WatchReque
     }
     if !store.inner.cfg.watch_events {
         return Err(own(
-            ErrorKind::Unsupported { capability: Capability::Watch },
+            ErrorKind::Unsupported {
+                capability: Capability::Watch,
+            },
             Op::Watch,
             Some(request.target.describe()),
             "change events are off in this configuration (watch_events = false)",
@@ -73,7 +79,9 @@ pub(crate) async fn watch(store: &RedisStore, ctx: &Context, request: WatchReque
     }
     if request.start_revision.is_some() {
         return Err(own(
-            ErrorKind::Unsupported { capability: Capability::WatchResume },
+            ErrorKind::Unsupported {
+                capability: Capability::WatchResume,
+            },
             Op::Watch,
             Some(request.target.describe()),
             "redis keeps no change history",
@@ -85,19 +93,27 @@ pub(crate) async fn watch(store: &RedisStore, ctx: &Context, request: WatchReque
     let what = request.target.describe().to_owned();
     tokio::spawn(Watcher::new(inner, request, tx).run(subs));
     let state = (rx, ctx.clone(), what, false);
-    Ok(Box::pin(futures::stream::unfold(state, |(mut rx, ctx, what, done)| async move {
-        if done {
-            return None;
-        }
-        let scope = Scope::new(BACKEND, Op::Watch).key(&what);
-        let item = match ctx.run(scope, async { Ok(rx.recv().await) }).await {
-            Err(e) => Err(e),
-            Ok(Some(item)) => item,
-            Ok(None) => Err(own(ErrorKind::Unavailable, Op::Watch, Some(&what), "watch task ended")),
-        };
-        let done = item.is_err();
-        Some((item, (rx, ctx, what, done)))
-    })))
+    Ok(Box::pin(futures::stream::unfold(
+        state,
+        |(mut rx, ctx, what, done)| async move {
+            if done {
+                return None;
+            }
+            let scope = Scope::new(BACKEND, Op::Watch).key(&what);
+            let item = match ctx.run(scope, async { Ok(rx.recv().await) }).await {
+                Err(e) => Err(e),
+                Ok(Some(item)) => item,
+                Ok(None) => Err(own(
+                    ErrorKind::Unavailable,
+                    Op::Watch,
+                    Some(&what),
+                    "watch task ended",
+                )),
+            };
+            let done = item.is_err();
+            Some((item, (rx, ctx, what, done)))
+        },
+    )))
 }
 
 fn expired_channel(inner: &Inner) -> String {
@@ -116,7 +132,9 @@ async fn ensure_expiry_notifications(inner: &Inner, slots: &[SlotRange]) -> Resu
     let cannot = |e: redis::RedisError| {
         let err = map(e, Op::Watch, None);
         let kind = match err.kind() {
-            ErrorKind::Internal => ErrorKind::Unsupported { capability: Capability::Watch },
+            ErrorKind::Internal => ErrorKind::Unsupported {
+                capability: Capability::Watch,
+            },
             k => k,
         };
         let mut out = own(
@@ -135,14 +153,24 @@ async fn ensure_expiry_notifications(inner: &Inner, slots: &[SlotRange]) -> Resu
     for node in nodes {
         let mut get = redis::cmd("CONFIG");
         get.arg("GET").arg("notify-keyspace-events");
-        let (_, flags): (String, String) = inner.client.direct_query(node, &get).await.map_err(cannot)?;
+        let (_, flags): (String, String) = inner
+            .client
+            .direct_query(node, &get)
+            .await
+            .map_err(cannot)?;
         let has_x = flags.contains('x') || flags.contains('A');
         if flags.contains('E') && has_x {
             continue;
         }
         let mut set = redis::cmd("CONFIG");
-        set.arg("SET").arg("notify-keyspace-events").arg(format!("{flags}Ex"));
-        let _: () = inner.client.direct_query(node, &set).await.map_err(cannot)?;
+        set.arg("SET")
+            .arg("notify-keyspace-events")
+            .arg(format!("{flags}Ex"));
+        let _: () = inner
+            .client
+            .direct_query(node, &set)
+            .await
+            .map_err(cannot)?;
     }
     Ok(())
 }
@@ -150,12 +178,21 @@ async fn ensure_expiry_notifications(inner: &Inner, slots: &[SlotRange]) -> Resu
 /// Subscribes: the event channel on one node, the expiry channel on every
 /// master. Returns once every subscription is confirmed.
 async fn subscribe(inner: &Inner) -> Result<Subs> {
-    let slots = inner.client.slots().await.map_err(|e| map(e, Op::Watch, None))?;
+    let slots = inner
+        .client
+        .slots()
+        .await
+        .map_err(|e| map(e, Op::Watch, None))?;
     let mut masters: Vec<NodeAddr> = slots.iter().map(|r| r.master.clone()).collect();
     masters.sort();
     masters.dedup();
     if masters.is_empty() {
-        return Err(own(ErrorKind::Unavailable, Op::Watch, None, "no master serves any slot"));
+        return Err(own(
+            ErrorKind::Unavailable,
+            Op::Watch,
+            None,
+            "no master serves any slot",
+        ));
     }
     let expiry = inner.cfg.expiry_events;
     if expiry {
@@ -171,7 +208,11 @@ async fn subscribe(inner: &Inner) -> Result<Subs> {
         if i > 0 && !expiry {
             break;
         }
-        let mut ps = inner.client.pubsub(node).await.map_err(|e| map(e, Op::Watch, None))?;
+        let mut ps = inner
+            .client
+            .pubsub(node)
+            .await
+            .map_err(|e| map(e, Op::Watch, None))?;
         let mut channels = Vec::new();
         if i == 0 {
             channels.push(inner.channel.clone());
@@ -179,7 +220,9 @@ async fn subscribe(inner: &Inner) -> Result<Subs> {
         if expiry {
             channels.push(expired.clone());
         }
-        ps.subscribe(&channels).await.map_err(|e| map(e, Op::Watch, None))?;
+        ps.subscribe(&channels)
+            .await
+            .map_err(|e| map(e, Op::Watch, None))?;
         let s = ps
             .into_on_message()
             .map(Some)
@@ -311,11 +354,24 @@ impl Watcher {
 
     async fn snapshot(&self, range: &kvmap_core::KeyRange) -> Result<Vec<Entry>> {
         let names = scan_range(&self.inner, range).await?;
-        let names: Vec<String> = names.into_iter().filter(|n| self.request.target.matches(n)).collect();
+        let names: Vec<String> = names
+            .into_iter()
+            .filter(|n| self.request.target.matches(n))
+            .collect();
         let timeout = self.inner.cfg.op_timeout.saturating_mul(4);
-        match tokio::time::timeout(timeout, fetch_in_order(&self.inner, names, usize::MAX, false)).await {
+        match tokio::time::timeout(
+            timeout,
+            fetch_in_order(&self.inner, names, usize::MAX, false),
+        )
+        .await
+        {
             Ok(r) => r,
-            Err(_) => Err(own(ErrorKind::Timeout, Op::Watch, None, "resync read timed out")),
+            Err(_) => Err(own(
+                ErrorKind::Timeout,
+                Op::Watch,
+                None,
+                "resync read timed out",
+            )),
         }
     }
 

@@ -32,7 +32,9 @@ fn main() -> std::process::ExitCode {
         .run(move || {
             let urls = urls.clone();
             async move {
-                let store = RedisStore::connect(RedisConfig::cluster(urls).with_watch_buffer(WATCH_BUFFER)).await?;
+                let store =
+                    RedisStore::connect(RedisConfig::cluster(urls).with_watch_buffer(WATCH_BUFFER))
+                        .await?;
                 Ok(Arc::new(store) as Arc<dyn KvStore>)
             }
         });

@@ -32,7 +32,10 @@ fn main() -> std::process::ExitCode {
         .run(move || {
             let url = url.clone();
             async move {
-                let store = RedisStore::connect(RedisConfig::standalone(url).with_watch_buffer(WATCH_BUFFER)).await?;
+                let store = RedisStore::connect(
+                    RedisConfig::standalone(url).with_watch_buffer(WATCH_BUFFER),
+                )
+                .await?;
                 Ok(Arc::new(store) as Arc<dyn KvStore>)
             }
         });

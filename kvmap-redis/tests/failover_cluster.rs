@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, ensure, Context as _};
 use futures::StreamExt;
 use integration_tests::RedisCluster;
-use kvmap_core::{Consistency, Context, ErrorKind, Key, KvStore, KvStoreExt, WatchEvent, WatchRequest};
+use kvmap_core::{
+    Consistency, Context, ErrorKind, Key, KvStore, KvStoreExt, WatchEvent, WatchRequest,
+};
 use kvmap_redis::{RedisConfig, RedisStore};
 
 const WRITERS: usize = 8;
@@ -35,13 +37,18 @@ fn config(cluster: &RedisCluster) -> RedisConfig {
 }
 
 /// Kills master #0 during a write/read workload; heals the cluster after.
-async fn workload(cluster: &RedisCluster, store: Arc<RedisStore>, tag: &str) -> anyhow::Result<Report> {
+async fn workload(
+    cluster: &RedisCluster,
+    store: Arc<RedisStore>,
+    tag: &str,
+) -> anyhow::Result<Report> {
     let stop = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
     let errors: Arc<Mutex<Vec<(Duration, String)>>> = Arc::default();
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
-        let (store, stop, errors, tag) = (store.clone(), stop.clone(), errors.clone(), tag.to_owned());
+        let (store, stop, errors, tag) =
+            (store.clone(), stop.clone(), errors.clone(), tag.to_owned());
         tasks.push(tokio::spawn(async move {
             let ctx = Context::new();
             let mut acked: HashMap<Key, u64> = HashMap::new();
@@ -49,18 +56,25 @@ async fn workload(cluster: &RedisCluster, store: Arc<RedisStore>, tag: &str) -> 
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
-                let key = Key::new(format!("fo-{tag}/{w}/{}", i % KEYS_PER_WRITER as u64)).expect("key");
+                let key =
+                    Key::new(format!("fo-{tag}/{w}/{}", i % KEYS_PER_WRITER as u64)).expect("key");
                 match store.set(&ctx, &key, i.to_string()).await {
                     Ok(_) => {
                         ok += 1;
                         acked.insert(key.clone(), i);
                     }
-                    Err(e) => errors.lock().expect("lock").push((t0.elapsed(), format!("put {:?} {:?}", e.kind(), e.retry_class()))),
+                    Err(e) => errors.lock().expect("lock").push((
+                        t0.elapsed(),
+                        format!("put {:?} {:?}", e.kind(), e.retry_class()),
+                    )),
                 }
-                if i % 4 == 0 {
+                if i.is_multiple_of(4) {
                     match store.get(&ctx, &key).await {
                         Ok(_) => ok += 1,
-                        Err(e) => errors.lock().expect("lock").push((t0.elapsed(), format!("get {:?}", e.kind()))),
+                        Err(e) => errors
+                            .lock()
+                            .expect("lock")
+                            .push((t0.elapsed(), format!("get {:?}", e.kind()))),
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -69,7 +83,9 @@ async fn workload(cluster: &RedisCluster, store: Arc<RedisStore>, tag: &str) -> 
         }));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let victim = cluster.masters().await?[0].index.ok_or_else(|| anyhow!("victim index"))?;
+    let victim = cluster.masters().await?[0]
+        .index
+        .ok_or_else(|| anyhow!("victim index"))?;
     let kill_at = t0.elapsed();
     let kill_to_cluster_ok = cluster.kill_master(0).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -104,10 +120,16 @@ async fn workload(cluster: &RedisCluster, store: Arc<RedisStore>, tag: &str) -> 
             report.lost += 1;
         }
     }
-    cluster.restart_node(victim).await.context("heal the cluster")?;
+    cluster
+        .restart_node(victim)
+        .await
+        .context("heal the cluster")?;
     eprintln!("[failover {tag}] {report:?}");
     Ok(report)
 }
+
+/// What a watcher saw: the range's state, put events, resyncs.
+type Seen = (BTreeMap<Key, bytes::Bytes>, usize, usize);
 
 async fn watch_across_failover(cluster: &RedisCluster) -> anyhow::Result<()> {
     let store = Arc::new(RedisStore::connect(config(cluster)).await?);
@@ -127,7 +149,7 @@ async fn watch_across_failover(cluster: &RedisCluster) -> anyhow::Result<()> {
             }
         })
     };
-    let seen: Arc<Mutex<(BTreeMap<Key, bytes::Bytes>, usize, usize)>> = Arc::default();
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let reader = {
         let seen = seen.clone();
         tokio::spawn(async move {
@@ -154,7 +176,9 @@ async fn watch_across_failover(cluster: &RedisCluster) -> anyhow::Result<()> {
         })
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let victim = cluster.masters().await?[0].index.ok_or_else(|| anyhow!("victim index"))?;
+    let victim = cluster.masters().await?[0]
+        .index
+        .ok_or_else(|| anyhow!("victim index"))?;
     cluster.kill_master(0).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
@@ -180,14 +204,20 @@ async fn watch_across_failover(cluster: &RedisCluster) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     reader.abort();
-    cluster.restart_node(victim).await.context("heal the cluster")?;
+    cluster
+        .restart_node(victim)
+        .await
+        .context("heal the cluster")?;
     let (puts, resyncs) = outcome?;
     eprintln!(
         "[failover watch] {} keys, final values all observed after {:?}; {puts} put events, {resyncs} resyncs",
         finals.len(),
         t.elapsed()
     );
-    ensure!(resyncs >= 1, "continuity was lost (slot map changed) but no resync was emitted");
+    ensure!(
+        resyncs >= 1,
+        "continuity was lost (slot map changed) but no resync was emitted"
+    );
     Ok(())
 }
 
@@ -198,18 +228,37 @@ async fn stale_reads(cluster: &RedisCluster) -> anyhow::Result<()> {
     for i in 0..20 {
         let k = Key::new(format!("st/{i}"))?;
         store.set(&ctx, &k, format!("v{i}")).await?;
-        let stale = Context::new().with_consistency(Consistency::Stale { max_staleness: Duration::from_secs(1) });
-        let e = store.get(&stale, &k).await?.ok_or_else(|| anyhow!("stale read lost {k}"))?;
-        ensure!(e.value == format!("v{i}"), "stale read of a write acknowledged before the probe: {e:?}");
-        let s = e.staleness.ok_or_else(|| anyhow!("no staleness on a stale read"))?;
-        ensure!(s <= Duration::from_secs(1), "staleness {s:?} over the bound");
+        let stale = Context::new().with_consistency(Consistency::Stale {
+            max_staleness: Duration::from_secs(1),
+        });
+        let e = store
+            .get(&stale, &k)
+            .await?
+            .ok_or_else(|| anyhow!("stale read lost {k}"))?;
+        ensure!(
+            e.value == format!("v{i}"),
+            "stale read of a write acknowledged before the probe: {e:?}"
+        );
+        let s = e
+            .staleness
+            .ok_or_else(|| anyhow!("no staleness on a stale read"))?;
+        ensure!(
+            s <= Duration::from_secs(1),
+            "staleness {s:?} over the bound"
+        );
     }
-    let tight = Context::new().with_consistency(Consistency::Stale { max_staleness: Duration::from_nanos(1) });
+    let tight = Context::new().with_consistency(Consistency::Stale {
+        max_staleness: Duration::from_nanos(1),
+    });
     let e = match store.get(&tight, &Key::new("st/0")?).await {
         Ok(got) => return Err(anyhow!("1ns bound met: {got:?}")),
         Err(e) => e,
     };
-    ensure!(matches!(e.kind(), ErrorKind::StaleTooOld { .. }), "kind {:?}", e.kind());
+    ensure!(
+        matches!(e.kind(), ErrorKind::StaleTooOld { .. }),
+        "kind {:?}",
+        e.kind()
+    );
     Ok(())
 }
 
@@ -218,20 +267,42 @@ async fn stale_reads(cluster: &RedisCluster) -> anyhow::Result<()> {
 async fn foreign_keys(cluster: &RedisCluster) -> anyhow::Result<()> {
     let store = RedisStore::connect(config(cluster)).await?;
     let mut raw = cluster.client()?.get_async_connection().await?;
-    let _: () = redis::cmd("SET").arg("kvmap:fk/str").arg("x").query_async(&mut raw).await?;
+    let _: () = redis::cmd("SET")
+        .arg("kvmap:fk/str")
+        .arg("x")
+        .query_async(&mut raw)
+        .await?;
     let ctx = Context::new();
     let (ok, bad) = (Key::new("fk/ok")?, Key::new("fk/str")?);
     store.set(&ctx, &ok, "v").await?;
     let got = store.get_many(&ctx, &[ok.clone(), bad.clone()]).await?;
     ensure!(matches!(&got[0], Ok(Some(_))), "{:?}", got[0]);
-    ensure!(matches!(&got[1], Err(e) if e.kind() == ErrorKind::InvalidData), "{:?}", got[1]);
-    let batch = kvmap_core::Batch::new().put(ok.clone(), "w").put(bad.clone(), "w");
+    ensure!(
+        matches!(&got[1], Err(e) if e.kind() == ErrorKind::InvalidData),
+        "{:?}",
+        got[1]
+    );
+    let batch = kvmap_core::Batch::new()
+        .put(ok.clone(), "w")
+        .put(bad.clone(), "w");
     let out = store.apply(&ctx, batch).await?;
     ensure!(out[0].is_ok(), "{:?}", out[0]);
-    ensure!(matches!(&out[1], Err(e) if e.kind() == ErrorKind::InvalidData), "{:?}", out[1]);
-    let e = store.get(&ctx, &bad).await.err().ok_or_else(|| anyhow!("read a foreign key"))?;
+    ensure!(
+        matches!(&out[1], Err(e) if e.kind() == ErrorKind::InvalidData),
+        "{:?}",
+        out[1]
+    );
+    let e = store
+        .get(&ctx, &bad)
+        .await
+        .err()
+        .ok_or_else(|| anyhow!("read a foreign key"))?;
     ensure!(e.kind() == ErrorKind::InvalidData, "get: {e}");
-    let e = store.delete(&ctx, &bad, Default::default()).await.err().ok_or_else(|| anyhow!("deleted a foreign key"))?;
+    let e = store
+        .delete(&ctx, &bad, Default::default())
+        .await
+        .err()
+        .ok_or_else(|| anyhow!("deleted a foreign key"))?;
     ensure!(e.kind() == ErrorKind::InvalidData, "delete: {e}");
     Ok(())
 }
@@ -241,7 +312,11 @@ fn main() -> std::process::ExitCode {
     if let Some(code) = common::skip_without_docker(&infra) {
         return code;
     }
-    let cluster = Arc::new(infra.block_on(RedisCluster::start()).expect("start redis cluster"));
+    let cluster = Arc::new(
+        infra
+            .block_on(RedisCluster::start())
+            .expect("start redis cluster"),
+    );
     let (c1, c2, c3) = (cluster.clone(), cluster.clone(), cluster.clone());
     let (c4, c5) = (cluster.clone(), cluster.clone());
     let trials = vec![
@@ -259,7 +334,10 @@ fn main() -> std::process::ExitCode {
                 let store = Arc::new(RedisStore::connect(config(&c1)).await?);
                 let r = workload(&c1, store, "plain").await?;
                 ensure!(r.ops_ok > 0, "no operation succeeded");
-                ensure!(r.recovered_after < Duration::from_secs(20), "no recovery: {r:?}");
+                ensure!(
+                    r.recovered_after < Duration::from_secs(20),
+                    "no recovery: {r:?}"
+                );
                 Ok(())
             }),
         ),
@@ -269,13 +347,20 @@ fn main() -> std::process::ExitCode {
                 let cfg = config(&c2).with_durable_writes(1, Duration::from_millis(500));
                 let store = Arc::new(RedisStore::connect(cfg).await?);
                 let r = workload(&c2, store, "durable").await?;
-                ensure!(r.lost == 0, "durable mode lost {} acknowledged writes", r.lost);
+                ensure!(
+                    r.lost == 0,
+                    "durable mode lost {} acknowledged writes",
+                    r.lost
+                );
                 Ok(())
             }),
         ),
         (
             "cluster_failover_watch_resyncs_and_sees_final_values",
-            common::trial(&infra, move || async move { watch_across_failover(&c3).await }),
+            common::trial(
+                &infra,
+                move || async move { watch_across_failover(&c3).await },
+            ),
         ),
     ];
     let code = common::run_trials(trials);

@@ -30,6 +30,7 @@ fn bench_single(
     c: &mut Criterion,
     rt: &tokio::runtime::Runtime,
     store: &RedisStore,
+    quiet: &RedisStore,
     raw: &redis::cluster_async::ClusterConnection,
 ) {
     let ctx = Context::new();
@@ -64,8 +65,33 @@ fn bench_single(
                 }
             })
         });
+        g.bench_function("raw_hmget_same_key", |b| {
+            b.to_async(rt).iter(|| async {
+                let futs = (0..conc).map(|_| {
+                    let mut r = raw.clone();
+                    async move {
+                        redis::cmd("HMGET")
+                            .arg("kvmap:bench/k")
+                            .arg(&["v", "r", "c", "e"])
+                            .query_async::<redis::Value>(&mut r)
+                            .await
+                    }
+                });
+                for r in futures::future::join_all(futs).await {
+                    r.expect("hmget");
+                }
+            })
+        });
         g.finish();
         let mut g = c.benchmark_group(format!("put_c{conc}"));
+        g.bench_function("kvmap_no_change_events", |b| {
+            b.to_async(rt).iter(|| async {
+                let futs = (0..conc).map(|_| quiet.set(&ctx, &key, value.clone()));
+                for r in futures::future::join_all(futs).await {
+                    r.expect("put");
+                }
+            })
+        });
         g.bench_function("kvmap", |b| {
             b.to_async(rt).iter(|| async {
                 let futs = (0..conc).map(|_| store.set(&ctx, &key, value.clone()));
@@ -231,7 +257,12 @@ fn main() {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
-    bench_single(&mut c, &rt, &store, &raw);
+    let quiet = rt
+        .block_on(RedisStore::connect(
+            RedisConfig::cluster(urls.clone()).with_watch_events(false),
+        ))
+        .expect("connect");
+    bench_single(&mut c, &rt, &store, &quiet, &raw);
     c.final_summary();
     let quiet = rt
         .block_on(RedisStore::connect(

@@ -271,7 +271,25 @@ impl Inner {
             .client
             .wait(route, d.replicas, d.timeout)
             .await
-            .map_err(|e| map(e, op, Some(key)).with_retry(RetryClass::OutcomeUnknown))?;
+            .map_err(|e| {
+                // The write was applied; only its replication is unknown.
+                // A `WAIT` refused by a node demoted to replica during a
+                // failover ("ERR WAIT cannot be used with replica
+                // instances") is unavailability, not a bug.
+                let err = map(e, op, Some(key));
+                let err = if err.kind() == ErrorKind::Internal {
+                    own(
+                        ErrorKind::Unavailable,
+                        op,
+                        Some(key),
+                        "durable write: wait failed",
+                    )
+                    .with_source(err)
+                } else {
+                    err
+                };
+                err.with_retry(RetryClass::OutcomeUnknown)
+            })?;
         if acked < i64::from(d.replicas) {
             return Err(own(
                 ErrorKind::Timeout,

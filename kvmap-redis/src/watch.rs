@@ -14,6 +14,9 @@
 //!   with `CONFIG SET` if needed, on masters and replicas; if refused the
 //!   watch fails with a typed error). The expiry's revision is the last
 //!   revision seen for the key plus one.
+//! - In a cluster, `watch` returns after a barrier published by every
+//!   master has come back over the bus (see `barrier`), so no event of a
+//!   write made before the watch can be delivered as if it were new.
 //! - Events of a key are delivered in revision order: an event whose
 //!   revision is not above the last one seen for its key is dropped.
 //! - Pub/sub is fire-and-forget, so continuity is lost whenever a
@@ -24,8 +27,9 @@
 //!   after the new subscription is in place: never a silent gap.
 //! - No history is kept: `start_revision` is `Unsupported`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -229,10 +233,70 @@ async fn subscribe(inner: &Inner) -> Result<Subs> {
             .chain(futures::stream::once(async { None }));
         streams.push(Box::pin(s));
     }
-    Ok(Subs {
-        messages: Box::pin(futures::stream::select_all(streams)),
-        slots,
-    })
+    let mut messages: MsgStream = Box::pin(futures::stream::select_all(streams));
+    if inner.client.is_cluster() {
+        barrier(inner, &masters, &mut messages).await?;
+    }
+    Ok(Subs { messages, slots })
+}
+
+/// In a cluster, events reach the subscribed node over the cluster bus
+/// after the writer got its reply, so events of writes made before the
+/// subscription may still be in flight. Each master publishes a barrier
+/// on the event channel; it travels over the same bus link as that
+/// master's earlier events, so once every barrier has arrived nothing from
+/// before the subscription can follow. Everything received until then is
+/// dropped (those changes were committed before `watch` returned).
+async fn barrier(inner: &Inner, masters: &[NodeAddr], messages: &mut MsgStream) -> Result<()> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nonce = format!(
+        "B {}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, AtomicOrdering::Relaxed)
+    );
+    for m in masters {
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(&inner.channel)
+            .arg(format!("{nonce} {}:{}", m.host, m.port));
+        let _: i64 = inner
+            .client
+            .query_node(m, cmd)
+            .await
+            .map_err(|e| map(e, Op::Watch, None))?;
+    }
+    let mut pending: HashSet<String> = masters
+        .iter()
+        .map(|m| format!("{nonce} {}:{}", m.host, m.port))
+        .collect();
+    let wait = async {
+        while !pending.is_empty() {
+            match messages.next().await {
+                Some(Some(msg)) => {
+                    if let Ok(text) = std::str::from_utf8(msg.get_payload_bytes()) {
+                        pending.remove(text);
+                    }
+                }
+                _ => {
+                    return Err(own(
+                        ErrorKind::Unavailable,
+                        Op::Watch,
+                        None,
+                        "a subscription ended while waiting for the barrier",
+                    ))
+                }
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(inner.cfg.op_timeout, wait).await {
+        Ok(r) => r,
+        Err(_) => Err(own(
+            ErrorKind::Timeout,
+            Op::Watch,
+            None,
+            "the subscription barrier did not come back over the cluster bus",
+        )),
+    }
 }
 
 struct Watcher {

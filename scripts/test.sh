@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kvmap-target}"
 
 bash scripts/setup.sh
+# shellcheck source=scripts/rocksdb-env.sh
+source scripts/rocksdb-env.sh
 # One process per test binary: the Redis/Consul suites start their cluster
 # once in main() and run all their cases against it.
 cargo test --workspace --all-features "$@"

@@ -23,9 +23,9 @@ use crate::scripts;
 use crate::store::Inner;
 
 /// Commands per pipeline.
-const CHUNK: usize = 256;
+const CHUNK: usize = 64;
 /// Pipelines in flight per batch.
-const PIPELINES_IN_FLIGHT: usize = 16;
+const PIPELINES_IN_FLIGHT: usize = 64;
 
 enum Outcome {
     Done(Value),

@@ -11,6 +11,10 @@
 //! | `c` | the create revision (decimal) |
 //! | `e` | expiry in Unix milliseconds (only with a TTL; the hash also has a `PEXPIRE`) |
 //!
+//! A key of another type fails the script's `HMGET` with `WRONGTYPE`
+//! (Redis 7 keeps the error code); a hash without the `r` field fails
+//! with `KVMAP_BADDATA`.
+//!
 //! A revision is `max(previous + 1, server time in µs)`: strictly
 //! increasing per key, and still increasing across a delete and re-create
 //! (as long as the master's clock does not step back, e.g. after a
@@ -32,14 +36,12 @@ pub(crate) const PUT: &str = r#"
 local key = KEYS[1]
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local ty = redis.call('TYPE', key)['ok']
+local cur = redis.call('HMGET', key, 'r', 'c', 'v', 'e')
 local r, rs, c, pv, pe = nil, nil, nil, '', '0'
-if ty == 'hash' then
-  local cur = redis.call('HMGET', key, 'r', 'c', 'v', 'e')
-  if not cur[1] then return redis.error_reply('KVMAP_BADDATA hash without revision field') end
+if cur[1] then
   rs = cur[1]; r = tonumber(rs); c = cur[2] or rs; pv = cur[3] or ''; pe = cur[4] or '0'
-elseif ty ~= 'none' then
-  return redis.error_reply('WRONGTYPE foreign key of type ' .. ty)
+elseif redis.call('EXISTS', key) == 1 then
+  return redis.error_reply('KVMAP_BADDATA hash without revision field')
 end
 local mode = ARGV[2]
 if mode == 'c' and r then return {'exists', rs} end
@@ -73,14 +75,12 @@ return {'ok', nrs, cs, e}
 /// Replies `{'ok'}`, `{'absent'}` or `{'conflict', rev or ''}`.
 pub(crate) const DELETE: &str = r#"
 local key = KEYS[1]
-local ty = redis.call('TYPE', key)['ok']
+local cur = redis.call('HMGET', key, 'r', 'c', 'v', 'e')
 local r, rs, c, pv, pe = nil, nil, '0', '', '0'
-if ty == 'hash' then
-  local cur = redis.call('HMGET', key, 'r', 'c', 'v', 'e')
-  if not cur[1] then return redis.error_reply('KVMAP_BADDATA hash without revision field') end
+if cur[1] then
   rs = cur[1]; r = tonumber(rs); c = cur[2] or rs; pv = cur[3] or ''; pe = cur[4] or '0'
-elseif ty ~= 'none' then
-  return redis.error_reply('WRONGTYPE foreign key of type ' .. ty)
+elseif redis.call('EXISTS', key) == 1 then
+  return redis.error_reply('KVMAP_BADDATA hash without revision field')
 end
 if ARGV[1] ~= '' and rs ~= ARGV[1] then return {'conflict', rs or ''} end
 if not r then return {'absent'} end

@@ -26,7 +26,10 @@ optional query: ?namespace=PREFIX/        scope every key under PREFIX/";
 pub async fn open(url: &str) -> Result<Arc<dyn KvStore>> {
     let (base, namespace) = split_query(url)?;
     let (scheme, rest) = base.split_once(':').ok_or_else(|| {
-        invalid(url, "missing scheme (expected e.g. rocksdb:./data or redis://host:6379)")
+        invalid(
+            url,
+            "missing scheme (expected e.g. rocksdb:./data or redis://host:6379)",
+        )
     })?;
     let store: Arc<dyn KvStore> = match scheme {
         "memory" => Arc::new(MemoryStore::new()),
@@ -34,12 +37,12 @@ pub async fn open(url: &str) -> Result<Arc<dyn KvStore>> {
         "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
             open_redis(url, scheme, rest).await?
         }
-        other => {
-            return Err(invalid(
-                url,
-                &format!("unknown scheme {other:?}; known: memory, rocksdb, redis, rediss, redis+cluster"),
-            ))
-        }
+        other => return Err(invalid(
+            url,
+            &format!(
+                "unknown scheme {other:?}; known: memory, rocksdb, redis, rediss, redis+cluster"
+            ),
+        )),
     };
     match namespace {
         Some(ns) => Ok(Arc::new(store.namespaced(&ns)?)),
@@ -89,7 +92,9 @@ async fn open_rocksdb(url: &str, rest: &str) -> Result<Arc<dyn KvStore>> {
         return Err(invalid(url, "missing path"));
     }
     let config = kvmap_rocksdb::RocksConfig::new(path);
-    Ok(Arc::new(kvmap_rocksdb::RocksStore::open_async(config).await?))
+    Ok(Arc::new(
+        kvmap_rocksdb::RocksStore::open_async(config).await?,
+    ))
 }
 
 #[cfg(not(feature = "rocksdb"))]
@@ -100,7 +105,9 @@ async fn open_rocksdb(url: &str, _rest: &str) -> Result<Arc<dyn KvStore>> {
 #[cfg(feature = "redis")]
 async fn open_redis(url: &str, scheme: &str, rest: &str) -> Result<Arc<dyn KvStore>> {
     use kvmap_redis::{RedisConfig, RedisStore};
-    let hosts = rest.strip_prefix("//").ok_or_else(|| invalid(url, "expected scheme://host"))?;
+    let hosts = rest
+        .strip_prefix("//")
+        .ok_or_else(|| invalid(url, "expected scheme://host"))?;
     let config = match scheme.strip_suffix("+cluster") {
         Some(base) => {
             // Credentials, if any, are on the first seed; they apply to all.
@@ -146,13 +153,22 @@ mod tests {
 
     #[tokio::test]
     async fn bad_urls_are_typed() {
-        for url in ["nothing", "ftp://x", "memory:?foo=bar", "memory:?namespace=noslash", "rocksdb:"] {
+        for url in [
+            "nothing",
+            "ftp://x",
+            "memory:?foo=bar",
+            "memory:?namespace=noslash",
+            "rocksdb:",
+        ] {
             let e = open(url).await.unwrap_err();
             assert!(
                 matches!(e.kind(), ErrorKind::InvalidArgument | ErrorKind::InvalidKey),
                 "{url}: {e}"
             );
-            assert!(e.to_string().starts_with("kvmap: open") || e.kind() == ErrorKind::InvalidKey, "{e}");
+            assert!(
+                e.to_string().starts_with("kvmap: open") || e.kind() == ErrorKind::InvalidKey,
+                "{e}"
+            );
         }
     }
 

@@ -12,7 +12,11 @@ use kvmap::{
 
 use crate::Command;
 
-pub(crate) async fn run(store: Arc<dyn KvStore>, command: Command, timeout: Duration) -> Result<()> {
+pub(crate) async fn run(
+    store: Arc<dyn KvStore>,
+    command: Command,
+    timeout: Duration,
+) -> Result<()> {
     let ctx = || Context::new().with_timeout(timeout);
     match command {
         Command::Demo => crate::demo::run(store).await,
@@ -26,14 +30,22 @@ pub(crate) async fn run(store: Arc<dyn KvStore>, command: Command, timeout: Dura
             }
             Ok(())
         }
-        Command::Put { key, value, ttl, create, if_revision } => {
+        Command::Put {
+            key,
+            value,
+            ttl,
+            create,
+            if_revision,
+        } => {
             let mut options = match (create, if_revision) {
                 (true, _) => PutOptions::create(),
                 (false, Some(r)) => PutOptions::update(r),
                 (false, None) => PutOptions::overwrite(),
             };
             options.ttl = ttl;
-            let rev = store.put(&ctx(), &Key::new(key)?, value.into(), options).await?;
+            let rev = store
+                .put(&ctx(), &Key::new(key)?, value.into(), options)
+                .await?;
             println!("revision {rev}");
             Ok(())
         }
@@ -43,7 +55,11 @@ pub(crate) async fn run(store: Arc<dyn KvStore>, command: Command, timeout: Dura
             println!("{}", if existed { "deleted" } else { "(absent)" });
             Ok(())
         }
-        Command::List { prefix, limit, keys_only } => {
+        Command::List {
+            prefix,
+            limit,
+            keys_only,
+        } => {
             let mut req = ListRequest::prefix(prefix);
             if keys_only {
                 req = req.keys_only();
@@ -57,7 +73,11 @@ pub(crate) async fn run(store: Arc<dyn KvStore>, command: Command, timeout: Dura
             }
             Ok(())
         }
-        Command::Watch { prefix, from_revision, count } => {
+        Command::Watch {
+            prefix,
+            from_revision,
+            count,
+        } => {
             let mut req = WatchRequest::prefix(prefix);
             req.start_revision = from_revision;
             let mut stream = store.watch(&Context::new(), req).await?;
@@ -96,7 +116,9 @@ pub(crate) fn describe(e: &Entry) -> String {
         e.create_revision
     );
     if let Some(at) = e.expires_at {
-        let left = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
         s.push_str(&format!(", expires in {}ms", left.as_millis()));
     }
     s

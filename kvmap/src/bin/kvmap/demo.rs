@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kvmap::{Batch, Context, Key, KvStore, KvStoreExt, ListRequest, PutOptions, Result, WatchRequest};
+use kvmap::{
+    Batch, Context, Key, KvStore, KvStoreExt, ListRequest, PutOptions, Result, WatchRequest,
+};
 
 use crate::commands::{describe, describe_event};
 
@@ -21,17 +23,23 @@ pub(crate) async fn run(store: Arc<dyn KvStore>) -> Result<()> {
     let key = |s: &str| Key::new(format!("{prefix}{s}"));
 
     println!("\n1. watch {prefix} (registered before the writes below)");
-    let mut watch = store.watch(&ctx, WatchRequest::prefix(prefix.clone())).await?;
+    let mut watch = store
+        .watch(&ctx, WatchRequest::prefix(prefix.clone()))
+        .await?;
 
     println!("\n2. write, read, compare-and-swap");
     let user = key("users/ada")?;
-    let r1 = store.create(&ctx, &user, r#"{"name":"ada","visits":1}"#).await?;
+    let r1 = store
+        .create(&ctx, &user, r#"{"name":"ada","visits":1}"#)
+        .await?;
     println!("   create {user} -> revision {r1}");
     match store.create(&ctx, &user, "again").await {
         Err(e) => println!("   second create -> {e}"),
         Ok(r) => println!("   second create unexpectedly wrote revision {r}"),
     }
-    let r2 = store.update(&ctx, &user, r#"{"name":"ada","visits":2}"#, r1).await?;
+    let r2 = store
+        .update(&ctx, &user, r#"{"name":"ada","visits":2}"#, r1)
+        .await?;
     println!("   update if revision {r1} -> revision {r2}");
     match store.update(&ctx, &user, "stale", r1).await {
         Err(e) => println!("   update with stale revision {r1} -> {e}"),
@@ -47,19 +55,35 @@ pub(crate) async fn run(store: Arc<dyn KvStore>) -> Result<()> {
         .put(key("users/linus")?, r#"{"name":"linus"}"#)
         .put(key("config/theme")?, "dark");
     let outcomes = store.apply(&ctx, batch).await?;
-    println!("   batch of {} ops -> {:?}", outcomes.len(), outcomes.iter().map(|o| o.is_ok()).collect::<Vec<_>>());
+    println!(
+        "   batch of {} ops -> {:?}",
+        outcomes.len(),
+        outcomes.iter().map(|o| o.is_ok()).collect::<Vec<_>>()
+    );
     let session = key("sessions/s1")?;
-    store.put(&ctx, &session, "token".into(), PutOptions::default().with_ttl(Duration::from_secs(1))).await?;
+    store
+        .put(
+            &ctx,
+            &session,
+            "token".into(),
+            PutOptions::default().with_ttl(Duration::from_secs(1)),
+        )
+        .await?;
 
     println!("\n4. list {prefix}users/ in key order");
-    let page = store.list(&ctx, &ListRequest::prefix(format!("{prefix}users/"))).await?;
+    let page = store
+        .list(&ctx, &ListRequest::prefix(format!("{prefix}users/")))
+        .await?;
     for e in &page.entries {
         println!("   {}", describe(e));
     }
 
     println!("\n5. wait for the ttl, delete one key");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    println!("   {session} after 1.5s -> {:?}", store.get(&ctx, &session).await?.map(|e| e.value));
+    println!(
+        "   {session} after 1.5s -> {:?}",
+        store.get(&ctx, &session).await?.map(|e| e.value)
+    );
     store.remove(&ctx, &key("config/theme")?).await?;
 
     println!("\n6. the watch saw, in order:");

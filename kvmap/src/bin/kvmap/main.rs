@@ -13,7 +13,12 @@ use clap::{Parser, Subcommand};
 #[command(name = "kvmap", version, about, after_help = kvmap::URL_FORMS)]
 struct Cli {
     /// The store to open.
-    #[arg(long, env = "KVMAP_URL", default_value = "rocksdb:./kvmap-data", global = true)]
+    #[arg(
+        long,
+        env = "KVMAP_URL",
+        default_value = "rocksdb:./kvmap-data",
+        global = true
+    )]
     url: String,
     /// Per-call timeout (e.g. 500ms, 5s).
     #[arg(long, value_parser = parse_duration, default_value = "10s", global = true)]

@@ -6,9 +6,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use kvmap_core::{
-    Batch, BatchOp, BatchOutcome, Capabilities, Consistency, Context, DeleteOptions, Entry,
-    ErrorKind, Key, KvStore, ListPage, ListRequest, Op, PutMode, PutOptions, Result, RetryClass,
-    Revision, Scope, Support, WatchRequest, WatchStream,
+    Batch, BatchOutcome, Capabilities, Consistency, Context, DeleteOptions, Entry, ErrorKind, Key,
+    KvStore, ListPage, ListRequest, Op, PutMode, PutOptions, Result, RetryClass, Revision, Scope,
+    Support, WatchRequest, WatchStream,
 };
 use redis::cluster_routing::{Route, SlotAddr};
 use redis::{Script, Value};
@@ -396,11 +396,7 @@ impl KvStore for RedisStore {
     }
 
     async fn get_many(&self, ctx: &Context, keys: &[Key]) -> Result<Vec<Result<Option<Entry>>>> {
-        let limits = self.inner.cfg.limits;
-        limits.check_batch(keys.len())?;
-        for k in keys {
-            limits.check_key(k)?;
-        }
+        self.inner.cfg.limits.check_keys(keys)?;
         let marker = stale_marker(ctx);
         let inner = self.inner.clone();
         let keys = keys.to_vec();
@@ -415,18 +411,7 @@ impl KvStore for RedisStore {
     }
 
     async fn apply(&self, ctx: &Context, batch: Batch) -> Result<Vec<Result<BatchOutcome>>> {
-        let limits = self.inner.cfg.limits;
-        limits.check_batch(batch.len())?;
-        for op in &batch.ops {
-            match op {
-                BatchOp::Put {
-                    key,
-                    value,
-                    options,
-                } => check_put(&limits, key, value, options)?,
-                BatchOp::Delete { key, .. } => limits.check_key(key)?,
-            }
-        }
+        batch.validate(&self.inner.cfg.limits)?;
         let inner = self.inner.clone();
         let n = batch.len();
         ctx.run(self.batch_scope(Op::Apply, n), async move {

@@ -226,14 +226,22 @@ impl KvStore for RocksStore {
     async fn get(&self, ctx: &Context, key: &Key) -> Result<Option<Entry>> {
         self.inner().config.limits.check_key(key)?;
         let stale = stale_marker(ctx);
-        let k = key.clone();
-        ctx.run(scope(Op::Get, Some(key.as_str())), async {
-            let e = self
-                .read(Op::Get, move |inner| inner.get(&k, Op::Get))
-                .await?;
-            Ok(e.map(|e| e.with_staleness(stale)))
-        })
-        .await
+        let scope = scope(Op::Get, Some(key.as_str()));
+        let entry = if self.inner().config.offload_reads {
+            let k = key.clone();
+            let read = offload(self.inner(), Op::Get, move |inner| inner.get(&k, Op::Get));
+            ctx.run(scope, read).await?
+        } else {
+            // An inline read completes within its first poll, so
+            // `Context::run` would reduce to its entry check (a context
+            // cannot fire in the middle of a synchronous call); doing
+            // just that skips the select machinery on the hottest path.
+            ctx.check(&scope)?;
+            self.inner()
+                .get(key, Op::Get)
+                .map_err(|e| e.in_context(NAME, Op::Get, Some(key.as_str())))?
+        };
+        Ok(entry.map(|e| e.with_staleness(stale)))
     }
 
     async fn put(
@@ -295,11 +303,7 @@ impl KvStore for RocksStore {
     }
 
     async fn get_many(&self, ctx: &Context, keys: &[Key]) -> Result<Vec<Result<Option<Entry>>>> {
-        let limits = self.inner().config.limits;
-        limits.check_batch(keys.len())?;
-        for k in keys {
-            limits.check_key(k)?;
-        }
+        self.inner().config.limits.check_keys(keys)?;
         let stale = stale_marker(ctx);
         let keys = keys.to_vec();
         ctx.run(scope(Op::GetMany, None), async {
@@ -315,21 +319,7 @@ impl KvStore for RocksStore {
     }
 
     async fn apply(&self, ctx: &Context, batch: Batch) -> Result<Vec<Result<BatchOutcome>>> {
-        let limits = self.inner().config.limits;
-        limits.check_batch(batch.len())?;
-        for op in &batch.ops {
-            match op {
-                BatchOp::Put {
-                    key,
-                    value,
-                    options,
-                } => {
-                    limits.check_put(key, value)?;
-                    options.validate()?;
-                }
-                BatchOp::Delete { key, .. } => limits.check_key(key)?,
-            }
-        }
+        batch.validate(&self.inner().config.limits)?;
         ctx.run(
             scope(Op::Apply, None),
             self.write(Op::Apply, move |txn| {

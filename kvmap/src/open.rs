@@ -37,12 +37,14 @@ pub async fn open(url: &str) -> Result<Arc<dyn KvStore>> {
         "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
             open_redis(url, scheme, rest).await?
         }
-        other => return Err(invalid(
-            url,
-            &format!(
+        other => {
+            return Err(invalid(
+                url,
+                &format!(
                 "unknown scheme {other:?}; known: memory, rocksdb, redis, rediss, redis+cluster"
             ),
-        )),
+            ))
+        }
     };
     match namespace {
         Some(ns) => Ok(Arc::new(store.namespaced(&ns)?)),

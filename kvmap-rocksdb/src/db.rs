@@ -156,7 +156,6 @@ fn cf_options(cache: &Cache) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
     table.set_bloom_filter(10.0, false);
-    table.set_cache_index_and_filter_blocks(true);
     let mut o = Options::default();
     o.set_block_based_table_factory(&table);
     o.set_compression_type(DBCompressionType::Lz4);
@@ -301,7 +300,8 @@ impl Inner {
             return Ok(None);
         };
         let meta = decode_meta(&raw)?;
-        if meta.expired_at(now_nanos()) {
+        // Only entries with a TTL need the clock.
+        if meta.expires != 0 && meta.expired_at(now_nanos()) {
             return Ok(None);
         }
         Ok(Some(to_entry(key.clone(), &meta, &raw, true)))

@@ -147,6 +147,20 @@ impl RocksStore {
         self.inner().compact()
     }
 
+    /// A RocksDB property of the data column family (for example
+    /// `rocksdb.stats` or `rocksdb.estimate-num-keys`), for diagnostics.
+    ///
+    /// # Errors
+    /// Backend failures.
+    pub fn property(&self, name: &str) -> Result<Option<String>> {
+        let inner = self.inner();
+        let cf = inner.cf(crate::codec::CF_DATA, Op::Get)?;
+        inner
+            .db
+            .property_value_cf(cf, name)
+            .map_err(|e| crate::error::from_rocks(e, Op::Get))
+    }
+
     fn inner(&self) -> &Arc<Inner> {
         &self.handle.inner
     }

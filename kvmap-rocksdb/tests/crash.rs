@@ -45,7 +45,7 @@ fn crash_child() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let store = RocksStore::open(config(Path::new(&path), trial % 2 == 0)).unwrap();
+        let store = RocksStore::open(config(Path::new(&path), trial.is_multiple_of(2))).unwrap();
         let ctx = Context::new();
         let mut out = std::io::stdout().lock();
         // The test harness may have printed "test crash_child ... "

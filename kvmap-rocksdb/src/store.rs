@@ -246,14 +246,9 @@ impl KvStore for RocksStore {
             let read = offload(self.inner(), Op::Get, move |inner| inner.get(&k, Op::Get));
             ctx.run(scope, read).await?
         } else {
-            // An inline read completes within its first poll, so
-            // `Context::run` would reduce to its entry check (a context
-            // cannot fire in the middle of a synchronous call); doing
-            // just that skips the select machinery on the hottest path.
-            ctx.check(&scope)?;
-            self.inner()
-                .get(key, Op::Get)
-                .map_err(|e| e.in_context(NAME, Op::Get, Some(key.as_str())))?
+            // An inline read completes within its first poll: the
+            // synchronous guard skips the timer and select of `run`.
+            ctx.run_sync(scope, || self.inner().get(key, Op::Get))?
         };
         Ok(entry.map(|e| e.with_staleness(stale)))
     }

@@ -163,6 +163,17 @@ impl Context {
         self.consistency
     }
 
+    /// The [`Entry::staleness`](crate::Entry::staleness) of a read served
+    /// fresh (by a primary or an embedded store): `Some(0)` when the
+    /// caller asked for a stale read, so it learns the bound held, else
+    /// `None`.
+    pub fn fresh_read_staleness(&self) -> Option<Duration> {
+        match self.consistency {
+            Consistency::Stale { .. } => Some(Duration::ZERO),
+            _ => None,
+        }
+    }
+
     /// The labels.
     pub fn labels(&self) -> &[(String, String)] {
         &self.labels

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::capability::{Capabilities, Limits};
-use crate::context::{Consistency, Context, Scope};
+use crate::context::{Context, Scope};
 use crate::entry::{
     Batch, BatchOp, BatchOutcome, DeleteOptions, Entry, KeyRange, ListPage, ListRequest,
     PutOptions, Revision,
@@ -308,14 +308,6 @@ async fn reaper(inner: Weak<Inner>, wakeup: Arc<Notify>) {
     }
 }
 
-fn stale_marker(ctx: &Context) -> Option<Duration> {
-    match ctx.consistency() {
-        // Memory is never stale: the bound is zero.
-        Consistency::Stale { .. } => Some(Duration::ZERO),
-        _ => None,
-    }
-}
-
 #[async_trait]
 impl ChangeSource for Inner {
     async fn snapshot(&self, range: &KeyRange) -> Result<(Vec<Entry>, Revision)> {
@@ -359,7 +351,7 @@ impl KvStore for MemoryStore {
                 .map
                 .get(key)
                 .filter(|s| live(s, Instant::now()))
-                .map(|s| to_entry(key, s).with_staleness(stale_marker(ctx))))
+                .map(|s| to_entry(key, s).with_staleness(ctx.fresh_read_staleness())))
         })
         .await
     }
@@ -431,7 +423,7 @@ impl KvStore for MemoryStore {
                         .map
                         .get(k)
                         .filter(|s| live(s, now))
-                        .map(|s| to_entry(k, s).with_staleness(stale_marker(ctx))))
+                        .map(|s| to_entry(k, s).with_staleness(ctx.fresh_read_staleness())))
                 })
                 .collect())
         })
@@ -519,7 +511,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let ev = tokio::time::timeout(Duration::from_secs(2), s.next()).await;
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(2), s.next()).await;
         assert!(matches!(ev, Ok(Some(Ok(WatchEvent::Resync { .. })))));
     }
 }

@@ -1,7 +1,6 @@
 //! [`RedisStore`], the [`KvStore`] implementation.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -306,14 +305,6 @@ impl Inner {
     }
 }
 
-fn stale_marker(ctx: &Context) -> Option<Duration> {
-    match ctx.consistency() {
-        // Served by the master: nothing newer exists.
-        Consistency::Stale { .. } => Some(Duration::ZERO),
-        _ => None,
-    }
-}
-
 fn check_put(
     limits: &kvmap_core::Limits,
     key: &Key,
@@ -397,7 +388,7 @@ impl KvStore for RedisStore {
 
     async fn get_many(&self, ctx: &Context, keys: &[Key]) -> Result<Vec<Result<Option<Entry>>>> {
         self.inner.cfg.limits.check_keys(keys)?;
-        let marker = stale_marker(ctx);
+        let marker = ctx.fresh_read_staleness();
         let inner = self.inner.clone();
         let keys = keys.to_vec();
         ctx.run(self.batch_scope(Op::GetMany, keys.len()), async move {

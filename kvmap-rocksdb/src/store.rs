@@ -2,14 +2,13 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use kvmap_core::{
-    Batch, BatchOp, BatchOutcome, Capabilities, ChangeSource, Consistency, Context, DeleteOptions,
-    Entry, Key, KvStore, ListPage, ListRequest, Op, PutOptions, Result, Revision, Scope,
-    WatchRequest, WatchStream,
+    Batch, BatchOp, BatchOutcome, Capabilities, ChangeSource, Context, DeleteOptions, Entry, Key,
+    KvStore, ListPage, ListRequest, Op, PutOptions, Result, Revision, Scope, WatchRequest,
+    WatchStream,
 };
 use rocksdb::ReadOptions;
 
@@ -212,14 +211,6 @@ fn scope(op: Op, key: Option<&str>) -> Scope<'_> {
     }
 }
 
-fn stale_marker(ctx: &Context) -> Option<Duration> {
-    match ctx.consistency() {
-        // An embedded store is never stale: the bound is zero.
-        Consistency::Stale { .. } => Some(Duration::ZERO),
-        _ => None,
-    }
-}
-
 /// Bytes just after `s`: the smallest key greater than `s`.
 fn after(s: &str) -> Vec<u8> {
     let mut v = s.as_bytes().to_vec();
@@ -239,7 +230,7 @@ impl KvStore for RocksStore {
 
     async fn get(&self, ctx: &Context, key: &Key) -> Result<Option<Entry>> {
         self.inner().config.limits.check_key(key)?;
-        let stale = stale_marker(ctx);
+        let stale = ctx.fresh_read_staleness();
         let scope = scope(Op::Get, Some(key.as_str()));
         let entry = if self.inner().config.offload_reads {
             let k = key.clone();
@@ -313,7 +304,7 @@ impl KvStore for RocksStore {
 
     async fn get_many(&self, ctx: &Context, keys: &[Key]) -> Result<Vec<Result<Option<Entry>>>> {
         self.inner().config.limits.check_keys(keys)?;
-        let stale = stale_marker(ctx);
+        let stale = ctx.fresh_read_staleness();
         let keys = keys.to_vec();
         ctx.run(scope(Op::GetMany, None), async {
             let out = self

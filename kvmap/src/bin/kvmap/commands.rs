@@ -116,10 +116,10 @@ pub(crate) fn describe(e: &Entry) -> String {
         e.create_revision
     );
     if let Some(at) = e.expires_at {
-        let left = at
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or_default();
-        s.push_str(&format!(", expires in {}ms", left.as_millis()));
+        match at.duration_since(std::time::SystemTime::now()) {
+            Ok(left) => s.push_str(&format!(", expires in {}ms", left.as_millis())),
+            Err(_) => s.push_str(", ttl ran out"),
+        }
     }
     s
 }

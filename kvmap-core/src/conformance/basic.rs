@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use super::util::{ensure, eq, expect_err, key, Check, PASS};
+use super::util::{ensure, eq, expect_absent, expect_err, key, Check, PASS};
 use super::{case, Case, CaseResult, Fixture};
 use crate::{Context, DeleteOptions, ErrorKind, Key, PutOptions};
 
@@ -142,7 +142,7 @@ async fn value_over_max(fx: Fixture) -> CaseResult {
         ErrorKind::ValueTooLarge { size: max + 1, max },
         "sizes in error",
     )?;
-    eq(get_value(&fx, &k).await?, None, "nothing written")?;
+    expect_absent(&fx, &k, "nothing written").await?;
     PASS
 }
 

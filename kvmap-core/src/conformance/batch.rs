@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use super::util::{ensure, eq, expect_err, key, PASS};
+use super::util::{ensure, eq, expect_absent, expect_err, key, PASS};
 use super::{case, Case, CaseResult, Fixture};
 use crate::{Batch, BatchOutcome, Capability, Context, DeleteOptions, ErrorKind, PutOptions};
 
@@ -155,7 +155,7 @@ async fn apply_bad_input(fx: Fixture) -> CaseResult {
         |k| matches!(k, ErrorKind::ValueTooLarge { .. }),
         "oversized value in batch",
     )?;
-    eq(fx.store.get(&ctx, &a).await?, None, "nothing written")?;
+    expect_absent(&fx, &a, "nothing written").await?;
     PASS
 }
 
@@ -182,7 +182,7 @@ async fn over_max(fx: Fixture) -> CaseResult {
         |k| k == ErrorKind::InvalidArgument,
         "apply over max",
     )?;
-    eq(fx.store.get(&ctx, &keys[0]).await?, None, "nothing written")?;
+    expect_absent(&fx, &keys[0], "nothing written").await?;
     PASS
 }
 

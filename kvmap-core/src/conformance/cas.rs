@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::util::{ensure, eq, expect_kind, key, Check, PASS};
+use super::util::{ensure, eq, expect_absent, expect_kind, key, Check, PASS};
 use super::{case, Case, CaseResult, Fixture};
 use crate::{Capability, Context, DeleteOptions, ErrorKind, Key, PutOptions};
 
@@ -151,7 +151,7 @@ async fn update_absent(fx: Fixture) -> CaseResult {
         ErrorKind::Conflict { current: None },
         "update of absent key",
     )?;
-    eq(value(&fx, &k).await?, None, "nothing written")?;
+    expect_absent(&fx, &k, "nothing written").await?;
     PASS
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::util::{ensure, eq, expect_err, expect_kind, key, PASS};
+use super::util::{ensure, eq, expect_absent, expect_err, expect_kind, key, PASS};
 use super::{case, Case, CaseResult, Fixture};
 use crate::{
     Batch, Capability, Consistency, Context, DeleteOptions, ErrorKind, KvStore, KvStoreExt,
@@ -46,11 +46,7 @@ async fn expired_put(fx: Fixture) -> CaseResult {
         .put(&expired(), &k, Bytes::from("v"), PutOptions::default())
         .await;
     expect_kind(r, ErrorKind::DeadlineExceeded, "put with expired deadline")?;
-    eq(
-        fx.store.get(&Context::new(), &k).await?,
-        None,
-        "nothing written",
-    )?;
+    expect_absent(&fx, &k, "nothing written").await?;
     PASS
 }
 

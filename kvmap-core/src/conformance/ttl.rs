@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use super::util::{ensure, eq, expect_kind, key, Check, PASS};
+use super::util::{ensure, eq, expect_absent, expect_kind, key, Check, PASS};
 use super::{case, Case, CaseResult, Fixture};
 use crate::{Capability, Context, ErrorKind, Key, ListRequest, PutOptions};
 
@@ -156,11 +156,7 @@ async fn zero_invalid(fx: Fixture) -> CaseResult {
         )
         .await;
     expect_kind(r, ErrorKind::InvalidArgument, "zero ttl")?;
-    eq(
-        fx.store.get(&Context::new(), &k).await?,
-        None,
-        "nothing written",
-    )?;
+    expect_absent(&fx, &k, "nothing written").await?;
     PASS
 }
 

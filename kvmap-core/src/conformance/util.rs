@@ -72,6 +72,12 @@ pub(crate) fn expect_kind<T: fmt::Debug>(
     expect_err(r, |k| k == kind, what)
 }
 
+/// Expects `k` to be absent (read with a fresh context).
+pub(crate) async fn expect_absent(fx: &super::Fixture, k: &Key, what: &str) -> Check {
+    let got = fx.store.get(&crate::Context::new(), k).await?;
+    eq(got, None, what)
+}
+
 pub(crate) fn key(s: &str) -> Check<Key> {
     Key::new(s).map_err(|e| Failure(format!("bad test key {s:?}: {e}")))
 }

@@ -71,6 +71,10 @@ pub struct ConsulOptions {
 
 /// A plain HTTP client for the Consul API (no proxy, 10 s timeout).
 pub fn http_client() -> reqwest::Client {
+    // Other crates of the workspace (kvmap-consul) turn on reqwest's
+    // rustls without a provider; feature unification then needs one
+    // installed. "Already installed" is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))

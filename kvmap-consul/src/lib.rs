@@ -1,7 +1,16 @@
-//! # kvmap-consul
-//!
-//! The Consul KV backend of kvmap. **Not implemented yet**: this crate is
-//! a placeholder in the workspace so the facade's feature layout is fixed.
-//! The test images and a Consul harness (dev agent, 3-server cluster, ACL
-//! agent) already exist in `integration-tests`.
+#![doc = include_str!("../docs.md")]
 #![forbid(unsafe_code)]
+
+mod batch;
+mod client;
+mod codec;
+mod config;
+mod error;
+mod list;
+mod reaper;
+mod store;
+mod watch;
+
+pub use codec::{expiry_flags, flags_expiry, FLAGS_TAG};
+pub use config::{ConsulConfig, DEFAULT_MAX_VALUE_BYTES, DEFAULT_TXN_MAX_BYTES, MAX_TXN_OPS};
+pub use store::ConsulStore;

@@ -1,8 +1,15 @@
-//! # kvmap-fallback
-//!
-//! Per-backend circuit breakers, an ordered fallback chain and a near cache
-//! over kvmap stores. **Not implemented yet**: this crate is a placeholder
-//! in the workspace. The error taxonomy it will rely on is in place:
-//! [`kvmap_core::Error::is_infrastructure`] says which errors a breaker
-//! counts, and [`kvmap_core::Entry::served_by`] says which store answered.
+#![doc = include_str!("../docs.md")]
 #![forbid(unsafe_code)]
+
+pub mod breaker;
+mod chain;
+mod config;
+pub mod metrics;
+mod outbox;
+
+pub use breaker::{Breaker, BreakerConfig, BreakerSnapshot, BreakerState, FailureRate};
+pub use chain::{
+    BackendStats, ChainBuilder, ConflictReport, FallbackChain, ReplayReport, CHAIN_NAME,
+};
+pub use config::{ChainConfig, OutboxConfig, ReplayMode, WritePolicy};
+pub use outbox::{Base, RecordOp};

@@ -236,51 +236,51 @@ async fn read_only_token(acl: &ConsulAcl, tag: &str) -> anyhow::Result<()> {
         Ok(w.view().state.contains_key("watched").then_some(()))
     })
     .await?;
-    // Writes: every kind refused, nothing written.
+    // Writes: every kind refused, nothing written. Every wrong answer is
+    // collected, so one run reports all of them.
     let mut errors: Vec<Error> = Vec::new();
-    let mut refused = |what: &str, r: kvmap_core::Result<()>| -> anyhow::Result<()> {
-        let e = r
-            .err()
-            .ok_or_else(|| anyhow!("read-only token: {what} succeeded"))?;
-        ensure!(
-            e.kind() == ErrorKind::PermissionDenied,
-            "read-only token: {what}: {e} ({e:?})"
-        );
-        ensure!(
-            e.retry_class() == kvmap_core::RetryClass::Never,
-            "read-only token: {what}: retry class {:?}",
-            e.retry_class()
-        );
-        errors.push(e);
-        Ok(())
+    let mut wrong: Vec<String> = Vec::new();
+    let mut refused = |what: &str, r: kvmap_core::Result<()>| match r {
+        Ok(()) => wrong.push(format!("{what} succeeded")),
+        Err(e) => {
+            if e.kind() != ErrorKind::PermissionDenied {
+                wrong.push(format!(
+                    "{what}: {:?}, want PermissionDenied: {e}",
+                    e.kind()
+                ));
+            } else if e.retry_class() != kvmap_core::RetryClass::Never {
+                wrong.push(format!("{what}: retry class {:?}", e.retry_class()));
+            }
+            errors.push(e);
+        }
     };
-    refused("put", ro.set(&ctx, &a, "v2").await.map(drop))?;
+    refused("put", ro.set(&ctx, &a, "v2").await.map(drop));
     refused(
         "create",
         ro.create(&ctx, &Key::new("new")?, "x").await.map(drop),
-    )?;
-    refused("update", ro.update(&ctx, &a, "v3", rev).await.map(drop))?;
+    );
+    refused("update", ro.update(&ctx, &a, "v3", rev).await.map(drop));
     refused(
         "put with ttl",
         ro.set_with_ttl(&ctx, &Key::new("ttl")?, "x", Duration::from_secs(60))
             .await
             .map(drop),
-    )?;
-    refused("delete", ro.remove(&ctx, &a).await.map(drop))?;
+    );
+    refused("delete", ro.remove(&ctx, &a).await.map(drop));
     refused(
         "conditional delete",
         ro.delete(&ctx, &a, DeleteOptions::if_revision(rev))
             .await
             .map(drop),
-    )?;
+    );
     let batch = Batch::new()
         .put(Key::new("b1")?, "x")
         .put(Key::new("b2")?, "y");
     match ro.apply(&ctx, batch).await {
-        Err(e) => refused("batch", Err(e))?,
+        Err(e) => refused("batch", Err(e)),
         Ok(out) => {
             for (i, r) in out.into_iter().enumerate() {
-                refused(&format!("batch op {i}"), r.map(drop))?;
+                refused(&format!("batch op {i}"), r.map(drop));
             }
         }
     }
@@ -316,6 +316,11 @@ async fn read_only_token(acl: &ConsulAcl, tag: &str) -> anyhow::Result<()> {
     )?;
     hidden(&token, "the log", &log_text())?;
     hidden(acl.master_token(), "the log", &log_text())?;
+    ensure!(
+        wrong.is_empty(),
+        "writes with a read-only token:\n{}",
+        wrong.join("\n")
+    );
     // The master token passes where the read-only one was refused.
     admin.set(&ctx, &a, "v2").await?;
     Ok(())

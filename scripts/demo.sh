@@ -1,11 +1,27 @@
 #!/usr/bin/env bash
-# The main job: the kvmap CLI's narrated demo on the embedded RocksDB
-# default (no server needed). Extra arguments go to `kvmap demo`'s global
-# options, e.g. `--url memory:`.
+# The main job: kvmap's fallback demo. A real redis-server (Debian's
+# package, installed here when missing) is the primary, embedded RocksDB
+# with a durable outbox the fallback; faults are injected on a schedule
+# (SIGSTOP, SIGCONT, SIGKILL, restart) while a load runs, and the closing
+# summary is checked (non-zero exit if an acknowledged write was lost).
+# Extra arguments go to `kvmap demo`, e.g. `--duration 20s --plain`.
+# Without any redis-server the demo says so and uses a second RocksDB
+# behind a fault-injection layer as the primary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kvmap-target}"
 bash scripts/deps.sh
+if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "demo: installing redis-server (Debian package)"
+  if $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null; then
+    # The package may start a system service; the demo runs its own server.
+    if command -v service >/dev/null 2>&1; then $SUDO service redis-server stop >/dev/null 2>&1 || true; fi
+  else
+    echo "demo: could not install redis-server; the demo will simulate the primary"
+  fi
+fi
 # shellcheck source=scripts/rocksdb-env.sh
 source scripts/rocksdb-env.sh
-cargo run -q -p kvmap -- --url "${KVMAP_URL:-rocksdb:./kvmap-data}" "$@" demo
+cargo run -q -p kvmap -- demo "$@"

@@ -10,7 +10,8 @@
 //! |-----------|---------|------------------------------------------|
 //! | `rocksdb` | yes     | [`RocksStore`], `rocksdb:PATH` URLs       |
 //! | `redis`   | no      | `RedisStore`, `redis://`, `redis+cluster://` URLs |
-//! | `cli`     | yes     | the `kvmap` command-line tool             |
+//! | `fallback`| no      | [`FallbackChain`], [`Breaker`], the outbox ([`fallback`]) |
+//! | `cli`     | yes     | the `kvmap` command-line tool (with `redis`, `fallback`) |
 //!
 //! ```no_run
 //! # async fn demo() -> kvmap::Result<()> {
@@ -35,3 +36,11 @@ pub use kvmap_rocksdb::{RocksConfig, RocksStore};
 
 #[cfg(feature = "redis")]
 pub use kvmap_redis::{RedisConfig, RedisStore};
+
+/// Circuit breakers, the fallback chain and the durable outbox (feature
+/// `fallback`).
+#[cfg(feature = "fallback")]
+pub use kvmap_fallback as fallback;
+
+#[cfg(feature = "fallback")]
+pub use kvmap_fallback::{Breaker, BreakerConfig, ChainConfig, FallbackChain, WritePolicy};

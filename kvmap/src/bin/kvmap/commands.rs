@@ -12,6 +12,45 @@ use kvmap::{
 
 use crate::Command;
 
+/// Opens the store of one `--url`, or a fallback chain of several.
+pub(crate) async fn open(
+    urls: &[String],
+    policy: &str,
+    outbox: Option<&std::path::Path>,
+) -> Result<Arc<dyn KvStore>> {
+    use kvmap::fallback::{ChainConfig, FallbackChain, OutboxConfig, WritePolicy};
+    if let [url] = urls {
+        return kvmap::open(url).await;
+    }
+    let invalid = |why: String| {
+        kvmap::Error::new(kvmap::ErrorKind::InvalidArgument)
+            .with_backend("kvmap")
+            .with_op(kvmap::Op::Open)
+            .with_detail(why)
+    };
+    let policy = match (policy, outbox) {
+        ("reject", _) => WritePolicy::Reject,
+        ("write-through", _) => WritePolicy::WriteThrough,
+        ("outbox", Some(dir)) => WritePolicy::Outbox(OutboxConfig::new(dir)),
+        ("outbox", None) => return Err(invalid("--write-policy outbox needs --outbox DIR".into())),
+        (other, _) => {
+            return Err(invalid(format!(
+                "unknown write policy {other:?} (reject, write-through, outbox)"
+            )))
+        }
+    };
+    let mut builder = FallbackChain::builder();
+    for (i, url) in urls.iter().enumerate() {
+        let store = kvmap::open(url).await?;
+        builder = builder.backend(&format!("{}#{i}", store.name()), store);
+    }
+    let chain = builder
+        .config(ChainConfig::default().with_write_policy(policy))
+        .build()
+        .await?;
+    Ok(Arc::new(chain))
+}
+
 pub(crate) async fn run(
     store: Arc<dyn KvStore>,
     command: Command,
@@ -19,7 +58,8 @@ pub(crate) async fn run(
 ) -> Result<()> {
     let ctx = || Context::new().with_timeout(timeout);
     match command {
-        Command::Demo => crate::demo::run(store).await,
+        Command::Tour => crate::tour::run(store).await,
+        Command::Demo(_) => Ok(()),
         Command::Get { key, verbose } => {
             match store.get(&ctx(), &Key::new(key)?).await? {
                 Some(e) if verbose => println!("{}", describe(&e)),

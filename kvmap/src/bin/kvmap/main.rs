@@ -2,6 +2,7 @@
 
 mod commands;
 mod demo;
+mod tour;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,14 +13,22 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "kvmap", version, about, after_help = kvmap::URL_FORMS)]
 struct Cli {
-    /// The store to open.
+    /// The store to open. Repeat it to build a fallback chain: the first
+    /// is the primary, the others its fallbacks in order.
     #[arg(
         long,
         env = "KVMAP_URL",
         default_value = "rocksdb:./kvmap-data",
         global = true
     )]
-    url: String,
+    url: Vec<String>,
+    /// The write policy of a chain (several --url): reject, write-through
+    /// or outbox (needs --outbox).
+    #[arg(long, default_value = "write-through", global = true)]
+    write_policy: String,
+    /// The outbox directory of a chain with the outbox write policy.
+    #[arg(long, global = true)]
+    outbox: Option<std::path::PathBuf>,
     /// Per-call timeout (e.g. 500ms, 5s).
     #[arg(long, value_parser = parse_duration, default_value = "10s", global = true)]
     timeout: Duration,
@@ -29,9 +38,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Walk through the whole contract on a store: writes, compare-and-swap,
-    /// TTL, list and watch (the README's first command).
-    Demo,
+    /// The fallback demo: a real redis-server primary with an embedded
+    /// RocksDB fallback and outbox, faults injected on a schedule, breakers,
+    /// /metrics, a timeline picture and a checked summary.
+    Demo(demo::DemoArgs),
+    /// Walk through the whole contract on one store: writes,
+    /// compare-and-swap, TTL, list and watch.
+    Tour,
     /// Print a key's value (and revision with --verbose).
     Get {
         /// The key.
@@ -99,7 +112,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match kvmap::open(&cli.url).await {
+    if let Command::Demo(args) = cli.command {
+        return demo::run(args).await;
+    }
+    let result = match commands::open(&cli.url, &cli.write_policy, cli.outbox.as_deref()).await {
         Ok(store) => commands::run(store, cli.command, cli.timeout).await,
         Err(e) => Err(e),
     };

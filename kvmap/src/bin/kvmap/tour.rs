@@ -1,4 +1,4 @@
-//! `kvmap demo`: the whole contract on one store, narrated.
+//! `kvmap tour`: the whole contract on one store, narrated.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -16,7 +16,7 @@ use anyhow::{anyhow, ensure, Context as _};
 use bytes::Bytes;
 use common::{b64, unix_ms, unix_ms_now, wait_for, Cli, Lazy, Watcher, WAIT};
 use integration_tests::ConsulDev;
-use kvmap_consul::{ConsulConfig, ConsulStore};
+use kvmap_consul::{ConsulConfig, ConsulStore, DEFAULT_MAX_VALUE_BYTES, MAX_TXN_OPS};
 use kvmap_core::{
     Batch, Context, DeleteOptions, ErrorKind, Key, KvStore, KvStoreExt, ListRequest, WatchRequest,
 };
@@ -715,6 +715,93 @@ async fn key_prefix_isolation(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Consul's limits as kvmap declares them: 64 ops in one atomic txn (one
+/// ModifyIndex for all, as any client sees), 65 refused before sending;
+/// the largest value round-trips through the CLI, one byte more is refused.
+async fn limits(env: &Env) -> anyhow::Result<()> {
+    let (dev, store, flag, p) = env.setup("limits").await?;
+    let cli = Cli::new(dev.node(), &flag);
+    let ctx = Context::new();
+    let batch = (0..MAX_TXN_OPS).try_fold(Batch::new(), |b, i| {
+        Ok::<_, kvmap_core::Error>(b.put(Key::new(format!("{p}b64/{i:02}"))?, format!("v{i}")))
+    })?;
+    let out = store.apply(&ctx, batch).await?;
+    let revs: Vec<u64> = out
+        .into_iter()
+        .map(|r| match r? {
+            kvmap_core::BatchOutcome::Put(rev) => Ok(rev),
+            other => Err(anyhow!("a put outcome {other:?}")),
+        })
+        .collect::<anyhow::Result<_>>()?;
+    // What another client sees: 64 keys written at one index.
+    let resp = integration_tests::consul::http_client()
+        .get(format!("{}/v1/kv/{p}b64/?recurse", dev.http_addr()))
+        .send()
+        .await?;
+    let kvs: Vec<serde_json::Value> = resp.json().await?;
+    let indexes: std::collections::BTreeSet<u64> = kvs
+        .iter()
+        .filter_map(|kv| kv["ModifyIndex"].as_u64())
+        .collect();
+    ensure!(
+        kvs.len() == MAX_TXN_OPS && indexes.len() == 1,
+        "a {MAX_TXN_OPS}-op batch: {} keys at indexes {indexes:?}",
+        kvs.len()
+    );
+    ensure!(
+        revs.iter().all(|r| indexes.contains(r)),
+        "batch revisions {revs:?} vs ModifyIndex {indexes:?}"
+    );
+    let batch = (0..=MAX_TXN_OPS).try_fold(Batch::new(), |b, i| {
+        Ok::<_, kvmap_core::Error>(b.put(Key::new(format!("{p}b65/{i:02}"))?, "x"))
+    })?;
+    let e = store
+        .apply(&ctx, batch)
+        .await
+        .err()
+        .ok_or_else(|| anyhow!("a {}-op batch was accepted", MAX_TXN_OPS + 1))?;
+    ensure!(
+        e.kind() == ErrorKind::InvalidArgument,
+        "a {}-op batch: {e} ({e:?})",
+        MAX_TXN_OPS + 1
+    );
+    ensure!(
+        cli.export(&format!("{p}b65/")).await?.is_empty(),
+        "a refused batch wrote something"
+    );
+    // The largest value, byte-exact through the CLI; one more byte refused.
+    let big: Vec<u8> = (0..DEFAULT_MAX_VALUE_BYTES)
+        .map(|i| (i % 253) as u8)
+        .collect();
+    let k = format!("{p}big");
+    store.set(&ctx, &Key::new(&k)?, big.clone()).await?;
+    let got = cli.export(&k).await?;
+    ensure!(
+        got.get(&k).is_some_and(|(v, _)| v == &big),
+        "the cli does not read the {DEFAULT_MAX_VALUE_BYTES}-byte value back exactly"
+    );
+    let too_big = vec![b'x'; DEFAULT_MAX_VALUE_BYTES + 1];
+    let k2 = format!("{p}too-big");
+    let e = store
+        .set(&ctx, &Key::new(&k2)?, too_big)
+        .await
+        .err()
+        .ok_or_else(|| anyhow!("a value over the limit was accepted"))?;
+    ensure!(
+        e.kind()
+            == ErrorKind::ValueTooLarge {
+                size: DEFAULT_MAX_VALUE_BYTES + 1,
+                max: DEFAULT_MAX_VALUE_BYTES
+            },
+        "value over the limit: {e} ({e:?})"
+    );
+    ensure!(
+        cli.get_bytes(&k2).await?.is_none(),
+        "the refused value was written"
+    );
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let infra = Arc::new(common::runtime());
     if let Some(code) = common::skip_without_docker(&infra) {
@@ -756,6 +843,7 @@ fn main() -> std::process::ExitCode {
             watch_sees_cli
         ),
         t!("consul_interop_key_prefix_isolation", key_prefix_isolation),
+        t!("consul_interop_txn_and_value_limits", limits),
     ];
     let code = common::run_trials(trials);
     infra.block_on(async move { drop(env) });

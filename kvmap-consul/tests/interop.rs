@@ -802,6 +802,85 @@ async fn limits(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A TTL entry rewritten by the CLI (Flags 0) is a plain entry from then
+/// on: never hidden, never reaped (the reaper's delete is a CAS on the
+/// ModifyIndex it saw). With the reaper off, an expired entry stays on the
+/// server but kvmap hides it from every read and lets `create` take the
+/// key.
+async fn ttl_vs_external_rewrite(env: &Env) -> anyhow::Result<()> {
+    let (dev, store, flag, p) = env.setup("ttl-rewrite").await?;
+    let cli = Cli::new(dev.node(), &flag);
+    let ctx = Context::new();
+    let k = format!("{p}rewritten");
+    let key = Key::new(&k)?;
+    store
+        .set_with_ttl(&ctx, &key, "kvmap", Duration::from_secs(1))
+        .await?;
+    cli.put_bytes(&k, b"cli").await?;
+    // Past the expiry, and past a reaper pass (a probe next to it is gone).
+    let probe = format!("{p}probe");
+    store
+        .set_with_ttl(&ctx, &Key::new(&probe)?, "x", Duration::from_millis(1500))
+        .await?;
+    wait_for("the reaper to delete the probe", WAIT, || async {
+        Ok(cli.detailed(&probe).await?.is_none().then_some(()))
+    })
+    .await?;
+    ensure!(
+        cli.get_bytes(&k).await?.as_deref() == Some(b"cli".as_slice()),
+        "the reaper deleted a key the cli rewrote after kvmap's ttl write"
+    );
+    let e = store
+        .get(&ctx, &key)
+        .await?
+        .ok_or_else(|| anyhow!("kvmap hides a key the cli rewrote without flags"))?;
+    ensure!(
+        e.value == "cli" && e.expires_at.is_none(),
+        "after the cli rewrite: {e:?}"
+    );
+
+    // Reaper off: expired entries stay on the server, hidden by kvmap.
+    let lazy = ConsulStore::connect(config(dev).with_reaper_interval(None)).await?;
+    let k2 = format!("{p}expired");
+    let key2 = Key::new(&k2)?;
+    lazy.set_with_ttl(&ctx, &key2, "old", Duration::from_millis(300))
+        .await?;
+    wait_for("kvmap to hide the expired entry", WAIT, || async {
+        Ok(lazy.get(&ctx, &key2).await?.is_none().then_some(()))
+    })
+    .await?;
+    ensure!(
+        cli.get_bytes(&k2).await?.as_deref() == Some(b"old".as_slice()),
+        "without a reaper the expired entry should still be on the server"
+    );
+    let listed = lazy
+        .list_all(&ctx, ListRequest::prefix(format!("{p}exp")), usize::MAX)
+        .await?;
+    ensure!(listed.is_empty(), "an expired entry is listed: {listed:?}");
+    let many = lazy.get_many(&ctx, std::slice::from_ref(&key2)).await?;
+    ensure!(
+        matches!(many.as_slice(), [Ok(None)]),
+        "get_many of an expired entry: {many:?}"
+    );
+    let rev = lazy
+        .create(&ctx, &key2, "new")
+        .await
+        .context("create over an expired entry")?;
+    let d = cli
+        .detailed(&k2)
+        .await?
+        .ok_or_else(|| anyhow!("the create wrote nothing"))?;
+    ensure!(
+        d.modify_index == rev && (d.flags >> 48 != FLAGS_TAG || d.flags & LOW48 == 0),
+        "after create over the expired entry: {d:?}, revision {rev}"
+    );
+    ensure!(
+        cli.get_bytes(&k2).await?.as_deref() == Some(b"new".as_slice()),
+        "the cli does not read the created value"
+    );
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let infra = Arc::new(common::runtime());
     if let Some(code) = common::skip_without_docker(&infra) {
@@ -844,6 +923,10 @@ fn main() -> std::process::ExitCode {
         ),
         t!("consul_interop_key_prefix_isolation", key_prefix_isolation),
         t!("consul_interop_txn_and_value_limits", limits),
+        t!(
+            "consul_interop_ttl_entry_rewritten_by_cli_is_kept",
+            ttl_vs_external_rewrite
+        ),
     ];
     let code = common::run_trials(trials);
     infra.block_on(async move { drop(env) });

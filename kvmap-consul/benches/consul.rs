@@ -513,6 +513,142 @@ fn ratios(rt: &tokio::runtime::Runtime, fx: &Fixture) {
     );
 }
 
+/// Lists of 10k keys: kvmap `list_all` (pages of 1000 over one prefix)
+/// and one raw `?recurse` GET, seconds per full listing.
+fn list_10k(rt: &tokio::runtime::Runtime, fx: &Fixture) {
+    let ctx = Context::new();
+    const N: usize = 10_000;
+    rt.block_on(async {
+        let keys: Vec<Key> = (0..N)
+            .map(|i| Key::new(format!("bench/kvmap/10k/{i:05}")).expect("key"))
+            .collect();
+        for chunk in keys.chunks(64) {
+            let b = chunk
+                .iter()
+                .fold(Batch::new(), |b, k| b.put(k.clone(), fx.value.clone()));
+            fx.store.apply(&ctx, b).await.expect("seed 10k");
+        }
+        let raw_keys: Vec<String> = (0..N).map(|i| format!("bench/raw/10k/{i:05}")).collect();
+        for chunk in raw_keys.chunks(64) {
+            let v = base64::engine::general_purpose::STANDARD.encode(&fx.value);
+            let ops: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|k| serde_json::json!({ "KV": { "Verb": "set", "Key": k, "Value": v } }))
+                .collect();
+            fx.raw.txn(serde_json::Value::Array(ops)).await;
+        }
+    });
+    let page = ListRequest::prefix("bench/kvmap/10k/").with_limit(1000);
+    ratio(
+        rt,
+        "list_10k",
+        2,
+        || async {
+            let all = fx
+                .store
+                .list_all(&ctx, page.clone(), usize::MAX)
+                .await
+                .expect("list");
+            assert_eq!(all.len(), N);
+        },
+        || async {
+            assert_eq!(fx.raw.list("bench/raw/10k/").await.len(), N);
+        },
+    );
+    let one_page = ListRequest::prefix("bench/kvmap/10k/");
+    ratio(
+        rt,
+        "list_10k_1pg",
+        2,
+        || async {
+            let p = fx.store.list(&ctx, &one_page).await.expect("list");
+            assert!(!p.entries.is_empty());
+        },
+        || async {
+            assert_eq!(fx.raw.list("bench/raw/10k/").await.len(), N);
+        },
+    );
+}
+
+fn percentiles(mut v: Vec<Duration>) -> (Duration, Duration) {
+    v.sort();
+    let p = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+    (p(0.50), p(0.99))
+}
+
+/// Watch latency, put issued to event received: kvmap's watch vs a raw
+/// blocking query already waiting when the put is sent.
+fn watch_latency(rt: &tokio::runtime::Runtime, fx: &Fixture) {
+    use futures::StreamExt;
+    const ROUNDS: usize = 200;
+    let ctx = Context::new();
+    let key = Key::new("bench/kvmap/w").expect("key");
+    let kv = rt.block_on(async {
+        fx.store.set(&ctx, &key, "0").await.expect("seed");
+        let mut s = fx
+            .store
+            .watch(&ctx, kvmap_core::WatchRequest::key(key.clone()))
+            .await
+            .expect("watch");
+        let mut out = Vec::with_capacity(ROUNDS);
+        for i in 0..ROUNDS {
+            let t = Instant::now();
+            let rev = fx.store.set(&ctx, &key, i.to_string()).await.expect("put");
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), s.next()).await {
+                    Ok(Some(Ok(kvmap_core::WatchEvent::Put { entry, .. })))
+                        if entry.revision == rev =>
+                    {
+                        break
+                    }
+                    Ok(Some(Ok(_))) => continue,
+                    other => panic!("watch: {other:?}"),
+                }
+            }
+            out.push(t.elapsed());
+        }
+        out
+    });
+    let raw = rt.block_on(async {
+        let key = "bench/raw/w";
+        let mut index = fx.raw.put(key, b"0").await;
+        let mut out = Vec::with_capacity(ROUNDS);
+        for i in 0..ROUNDS {
+            let raw = fx.raw.clone();
+            let waiting = tokio::spawn(async move {
+                let resp = raw
+                    .http
+                    .get(format!("{}/v1/kv/{key}?index={index}&wait=10s", raw.base))
+                    .send()
+                    .await
+                    .expect("blocking query");
+                let next: u64 = resp
+                    .headers()
+                    .get("X-Consul-Index")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .expect("index header");
+                let _ = resp.bytes().await;
+                (next, Instant::now())
+            });
+            // Give the query time to reach the agent and block there.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let t = Instant::now();
+            let written = fx.raw.put(key, i.to_string().as_bytes()).await;
+            let (next, at) = waiting.await.expect("join");
+            assert!(next >= written, "blocking query returned early");
+            index = next;
+            out.push(at.saturating_duration_since(t));
+        }
+        out
+    });
+    let (k50, k99) = percentiles(kv);
+    let (r50, r99) = percentiles(raw);
+    println!(
+        "watch latency (put issued -> event): kvmap p50 {k50:?} p99 {k99:?}; raw blocking query p50 {r50:?} p99 {r99:?}"
+    );
+}
+
 fn main() {
     let rt = runtime();
     let (addr, guard) = match std::env::var("KVMAP_BENCH_CONSUL_ADDR") {
@@ -542,6 +678,8 @@ fn main() {
     criterion_groups(&mut c, &rt, &fx);
     c.final_summary();
     ratios(&rt, &fx);
+    list_10k(&rt, &fx);
+    watch_latency(&rt, &fx);
     drop(fx);
     rt.block_on(async move { drop(guard) });
 }

@@ -149,6 +149,35 @@ fn fallback_demo_summary_passes() {
     assert!(!out.contains('\x1b'), "ansi escapes in --plain output");
 }
 
+/// The demo's stand-in primary (what it uses when no redis-server can be
+/// found): a second RocksDB behind a fault-injection layer.
+#[test]
+fn fallback_demo_on_the_simulated_primary() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_kvmap"))
+        .args([
+            "demo",
+            "--duration",
+            "6s",
+            "--plain",
+            "--simulated-primary",
+            "--out",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.lines()
+            .next()
+            .unwrap_or_default()
+            .contains("fault-injection layer"),
+        "{out}"
+    );
+    assert!(out.contains("summary: ok"), "{out}");
+}
+
 #[test]
 fn a_chain_from_repeated_urls() {
     let dir = tempfile::tempdir().unwrap();

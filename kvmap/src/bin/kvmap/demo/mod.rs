@@ -43,6 +43,11 @@ pub(crate) struct DemoArgs {
     /// (no faults are injected into it).
     #[arg(long)]
     primary: Option<String>,
+    /// Do not look for redis-server: the primary is a second RocksDB
+    /// behind a fault-injection layer (what the demo does when no server
+    /// can be found).
+    #[arg(long, conflicts_with = "primary")]
+    simulated_primary: bool,
     /// Serve /metrics (Prometheus text) here while the demo runs.
     #[arg(long, default_value = "127.0.0.1:0")]
     metrics_addr: String,
@@ -215,7 +220,12 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
         .unwrap_or_default();
     let namespace = format!("kvmap-demo:{run}:");
 
-    let (mut primary, fallback_reason) = Primary::start(args.primary.clone(), &out, &namespace)?;
+    let (mut primary, fallback_reason) = Primary::start(
+        args.primary.clone(),
+        args.simulated_primary,
+        &out,
+        &namespace,
+    )?;
     match &fallback_reason {
         None => println!(
             "kvmap demo: primary = {}, fallback = embedded RocksDB + outbox in {}",
@@ -259,7 +269,7 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
         .map_err(|e| e.to_string())?;
     let chain = Arc::new(chain);
     println!(
-        "chain: {label} (breaker: 3 failures, 1s cool-down doubling to 4s) -> {FALLBACK}, write policy outbox; redis op timeout {}ms",
+        "chain: {label} (breaker: 3 failures, 1s cool-down doubling to 4s) -> {FALLBACK}, write policy outbox; primary op timeout {}ms",
         primary::OP_TIMEOUT.as_millis()
     );
     let conflict_key = Key::new(CONFLICT_KEY).map_err(|e| e.to_string())?;
@@ -298,12 +308,29 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
         while next_step < schedule.len() && schedule[next_step].0 <= elapsed {
             let step = schedule[next_step].1;
             next_step += 1;
+            let real = primary.is_process();
             let what = match step {
-                Step::Hang => primary.hang().map(|()| "primary hung (SIGSTOP)"),
-                Step::Resume => primary.unhang().map(|()| "primary resumed (SIGCONT)"),
+                Step::Hang => primary.hang().map(|()| {
+                    if real {
+                        "primary hung (SIGSTOP)"
+                    } else {
+                        "primary hung (injected)"
+                    }
+                }),
+                Step::Resume => primary.unhang().map(|()| {
+                    if real {
+                        "primary resumed (SIGCONT)"
+                    } else {
+                        "primary resumed"
+                    }
+                }),
                 Step::Kill => {
                     primary.kill();
-                    Ok("primary killed (SIGKILL)")
+                    Ok(if real {
+                        "primary killed (SIGKILL)"
+                    } else {
+                        "primary down (injected)"
+                    })
                 }
                 Step::Restart => primary
                     .restart_with_conflict(&conflict_key, "another-client-during-the-outage")
@@ -540,9 +567,14 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
         println!("    {line}");
     }
     match timeline::write(&out, &seconds, label) {
-        Ok(()) => println!(
-            "  timeline: {} and {}",
+        Ok(png) => println!(
+            "  timeline: {}{} and {}",
             out.join("timeline.svg").display(),
+            if png {
+                format!(", {}", out.join("timeline.png").display())
+            } else {
+                " (no rsvg-convert for a PNG)".to_owned()
+            },
             out.join("timeline.csv").display()
         ),
         Err(e) => println!("  timeline not written: {e}"),

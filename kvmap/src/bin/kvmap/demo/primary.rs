@@ -289,13 +289,15 @@ pub(crate) enum Primary {
 impl Primary {
     pub(crate) fn start(
         external: Option<String>,
+        simulated: bool,
         dir: &Path,
         namespace: &str,
     ) -> std::result::Result<(Self, Option<String>), String> {
         if let Some(url) = external {
             return Ok((Primary::External { url }, None));
         }
-        let why = match find_redis_server() {
+        let found = if simulated { None } else { find_redis_server() };
+        let why = match found {
             Some(bin) => match RedisServer::start(bin, dir) {
                 Ok(server) => {
                     return Ok((
@@ -308,6 +310,7 @@ impl Primary {
                 }
                 Err(e) => e,
             },
+            None if simulated => "--simulated-primary".to_owned(),
             None => "no redis-server binary found (apt-get install redis-server)".to_owned(),
         };
         let inner: Arc<dyn KvStore> = Arc::new(
@@ -342,6 +345,11 @@ impl Primary {
             Primary::Redis { .. } | Primary::External { .. } => "redis",
             Primary::Simulated { .. } => "rocksdb-primary",
         }
+    }
+
+    /// Whether faults are real signals to a server process.
+    pub(crate) fn is_process(&self) -> bool {
+        matches!(self, Primary::Redis { .. })
     }
 
     pub(crate) fn can_inject(&self) -> bool {

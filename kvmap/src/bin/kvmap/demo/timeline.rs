@@ -8,8 +8,10 @@ use plotters::prelude::*;
 
 use super::Second;
 
-/// Writes `timeline.csv` and `timeline.svg` into `dir`.
-pub(crate) fn write(dir: &Path, seconds: &[Second], primary: &str) -> Result<(), String> {
+/// Writes `timeline.csv` and `timeline.svg` into `dir`, and
+/// `timeline.png` when `rsvg-convert` (Debian's `librsvg2-bin`) is
+/// installed; returns whether the PNG was written.
+pub(crate) fn write(dir: &Path, seconds: &[Second], primary: &str) -> Result<bool, String> {
     let mut csv = String::from(
         "second,ops,errors,p50_ms,p99_ms,primary_breaker,reads_primary,reads_fallback,writes_primary,writes_fallback,outbox_depth,event\n",
     );
@@ -32,7 +34,18 @@ pub(crate) fn write(dir: &Path, seconds: &[Second], primary: &str) -> Result<(),
         );
     }
     std::fs::write(dir.join("timeline.csv"), csv).map_err(|e| format!("timeline.csv: {e}"))?;
-    svg(&dir.join("timeline.svg"), seconds, primary).map_err(|e| format!("timeline.svg: {e}"))
+    let svg_path = dir.join("timeline.svg");
+    svg(&svg_path, seconds, primary).map_err(|e| format!("timeline.svg: {e}"))?;
+    // plotters' bitmap backend needs a font library to draw text; the SVG
+    // has none of that problem, so the PNG is rendered from it.
+    let png = std::process::Command::new("rsvg-convert")
+        .arg("-o")
+        .arg(dir.join("timeline.png"))
+        .arg(&svg_path)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    Ok(png)
 }
 
 fn svg(path: &Path, seconds: &[Second], primary: &str) -> Result<(), Box<dyn std::error::Error>> {

@@ -11,6 +11,9 @@ rocksdb:PATH | rocksdb:///ABS/PATH        embedded RocksDB (feature `rocksdb`)
 redis://[USER:PASS@]HOST:PORT[/DB]        Redis standalone (feature `redis`)
 rediss://...                              Redis standalone over TLS
 redis+cluster://HOST:PORT[,HOST:PORT...]  Redis Cluster seeds
+consul://HOST:PORT[,HOST:PORT...]         Consul KV over http (feature `consul`)
+consul+https://HOST:PORT[,...]            Consul KV over https
+  consul query: token=T dc=DC prefix=KEYPREFIX/ ca_file=PEM
 optional query: ?namespace=PREFIX/        scope every key under PREFIX/";
 
 /// Opens a store from a URL (see [`URL_FORMS`]).
@@ -24,15 +27,25 @@ optional query: ?namespace=PREFIX/        scope every key under PREFIX/";
 /// for opening or connecting (a locked RocksDB path, an unreachable
 /// server: `Unavailable`, wrong credentials: `Unauthenticated`).
 pub async fn open(url: &str) -> Result<Arc<dyn KvStore>> {
-    let (base, namespace) = split_query(url)?;
+    let (base, namespace, params) = split_query(url)?;
     let (scheme, rest) = base.split_once(':').ok_or_else(|| {
         invalid(
             url,
             "missing scheme (expected e.g. rocksdb:./data or redis://host:6379)",
         )
     })?;
+    let scheme = scheme.to_ascii_lowercase();
+    let scheme = scheme.as_str();
+    if !params.is_empty() && !scheme.starts_with("consul") {
+        let names: Vec<&str> = params.iter().map(|(k, _)| k.as_str()).collect();
+        return Err(invalid(
+            url,
+            &format!("unknown query parameter(s) {names:?} for {scheme}"),
+        ));
+    }
     let store: Arc<dyn KvStore> = match scheme {
         "memory" => Arc::new(MemoryStore::new()),
+        "consul" | "consul+http" | "consul+https" => open_consul(url, scheme, rest, params).await?,
         "rocksdb" => open_rocksdb(url, rest).await?,
         "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
             open_redis(url, scheme, rest).await?
@@ -41,7 +54,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn KvStore>> {
             return Err(invalid(
                 url,
                 &format!(
-                "unknown scheme {other:?}; known: memory, rocksdb, redis, rediss, redis+cluster"
+                "unknown scheme {other:?}; known: memory, rocksdb, redis, rediss, redis+cluster, consul, consul+https"
             ),
             ))
         }
@@ -59,32 +72,89 @@ fn invalid(url: &str, why: &str) -> Error {
         .with_detail(format!("url {:?}: {why}", redact(url)))
 }
 
-/// The URL with any password replaced by `***`, for messages.
+/// The URL with any password and secret query parameter replaced by
+/// `***`, for messages (the one routine of [`kvmap_core::redact_url`]).
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_owned(),
-    }
+    kvmap_core::redact_url(url)
 }
 
-fn split_query(url: &str) -> Result<(&str, Option<String>)> {
+type Params = Vec<(String, String)>;
+
+/// Splits off the query: `namespace` for every backend, the rest for the
+/// backend. Values are percent-decoded.
+fn split_query(url: &str) -> Result<(&str, Option<String>, Params)> {
     let Some((base, query)) = url.split_once('?') else {
-        return Ok((url, None));
+        return Ok((url, None, Vec::new()));
     };
     let mut namespace = None;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("namespace", v)) if !v.is_empty() => namespace = Some(v.to_owned()),
-            _ => return Err(invalid(url, &format!("unknown query parameter {pair:?}"))),
+    let mut params = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "namespace" if !v.is_empty() => namespace = Some(v.into_owned()),
+            "namespace" => return Err(invalid(url, "empty namespace")),
+            _ => params.push((k.into_owned(), v.into_owned())),
         }
     }
-    Ok((base, namespace))
+    Ok((base, namespace, params))
+}
+
+#[cfg(feature = "consul")]
+async fn open_consul(
+    url: &str,
+    scheme: &str,
+    rest: &str,
+    params: Params,
+) -> Result<Arc<dyn KvStore>> {
+    use kvmap_consul::{ConsulConfig, ConsulStore};
+    let hosts = rest
+        .strip_prefix("//")
+        .ok_or_else(|| invalid(url, "expected consul://host:port"))?;
+    let hosts = hosts.trim_end_matches('/');
+    if hosts.contains('@') {
+        return Err(invalid(
+            url,
+            "consul urls carry no credentials; pass the token as ?token=",
+        ));
+    }
+    let http = if scheme == "consul+https" {
+        "https"
+    } else {
+        "http"
+    };
+    let addrs: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("{http}://{h}"))
+        .collect();
+    if addrs.is_empty() {
+        return Err(invalid(url, "no consul agent address"));
+    }
+    let mut config = ConsulConfig::default().with_addrs(addrs);
+    for (k, v) in params {
+        config = match k.as_str() {
+            "token" => config.with_token(v),
+            "dc" => config.with_datacenter(v),
+            "prefix" => config.with_key_prefix(v),
+            "ca_file" => config.with_ca_file(v),
+            other => {
+                return Err(invalid(
+                    url,
+                    &format!("unknown query parameter {other:?} (consul knows token, dc, prefix, ca_file, namespace)"),
+                ))
+            }
+        };
+    }
+    Ok(Arc::new(ConsulStore::connect(config).await?))
+}
+
+#[cfg(not(feature = "consul"))]
+async fn open_consul(
+    url: &str,
+    _scheme: &str,
+    _rest: &str,
+    _params: Params,
+) -> Result<Arc<dyn KvStore>> {
+    Err(invalid(url, "this build of kvmap has no `consul` feature"))
 }
 
 #[cfg(feature = "rocksdb")]
@@ -161,6 +231,9 @@ mod tests {
             "memory:?foo=bar",
             "memory:?namespace=noslash",
             "rocksdb:",
+            "consul://",
+            "consul://h:1?bogus=1",
+            "consul://u:p@h:1",
         ] {
             let e = open(url).await.unwrap_err();
             assert!(
@@ -177,6 +250,7 @@ mod tests {
     #[test]
     fn redaction() {
         assert_eq!(redact("redis://u:secret@h:1"), "redis://u:***@h:1");
+        assert!(!redact("consul://h:1?token=abc").contains("abc"));
         assert_eq!(redact("redis://h:1"), "redis://h:1");
     }
 

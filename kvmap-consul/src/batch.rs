@@ -256,6 +256,9 @@ impl Inner {
                     return Ok(outcomes);
                 }
                 TxnOutcome::Failed(errors) => {
+                    if let Some(e) = refusal(&errors, op, key) {
+                        return Err(e);
+                    }
                     // A guard failed: the key changed since the pre-read.
                     // Nothing was written; plan again from a fresh read.
                     let what = errors
@@ -324,6 +327,36 @@ impl Inner {
             })
             .collect())
     }
+}
+
+/// An operation error of a rolled-back transaction that is not a failed
+/// guard: an ACL refusal or a bad operation. Nothing was written.
+pub(crate) fn refusal(errors: &[(usize, String)], op: Op, key: Option<&str>) -> Option<Error> {
+    for (i, what) in errors {
+        let lower = what.to_ascii_lowercase();
+        let kind = if lower.contains("permission denied") {
+            ErrorKind::PermissionDenied
+        } else if lower.contains("acl not found") || lower.contains("token not found") {
+            ErrorKind::Unauthenticated
+        } else if lower.contains("index is stale")
+            || lower.contains("doesn't exist")
+            || lower.contains("exists")
+        {
+            continue;
+        } else {
+            ErrorKind::InvalidArgument
+        };
+        return Some(
+            own(
+                kind,
+                op,
+                key,
+                format!("consul refused txn op {i}: {what}; nothing was written"),
+            )
+            .with_retry(kvmap_core::RetryClass::Never),
+        );
+    }
+    None
 }
 
 /// A key's state as read before a write.

@@ -59,6 +59,12 @@ pub(crate) fn transport(e: reqwest::Error, op: Op, key: Option<&str>, addr: &str
                 "tls handshake with {addr} failed: is the agent serving plain http on this port?"
             ),
         )
+    } else if op == Op::Open && !e.is_connect() && !e.is_timeout() {
+        (
+            ErrorKind::Unavailable,
+            RetryClass::Safe,
+            format!("{addr} did not answer like a consul agent (is it one? is it http, not another protocol?): {}", short(&text)),
+        )
     } else if e.is_connect() {
         (
             ErrorKind::Unavailable,

@@ -881,6 +881,61 @@ async fn ttl_vs_external_rewrite(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A key watch sees every one of many sequential puts: after each
+/// acknowledged put, its event (or a resync holding it) arrives. Every
+/// event is kept, so a miss shows what came instead. The first put
+/// rewrites the value the key already holds: still a write with a new
+/// revision, so still an event.
+async fn key_watch_every_put(env: &Env) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let (_, store, _, p) = env.setup("keywatch").await?;
+    let ctx = Context::new();
+    let key = Key::new(format!("{p}w"))?;
+    store.set(&ctx, &key, "0").await?;
+    let mut s = store.watch(&ctx, WatchRequest::key(key.clone())).await?;
+    let mut seen: Vec<String> = Vec::new();
+    let mut last_rev = store
+        .get(&ctx, &key)
+        .await?
+        .ok_or_else(|| anyhow!("missing"))?
+        .revision;
+    let mut unchanged = 0;
+    for i in 0..=200u32 {
+        let rev = store.set(&ctx, &key, i.to_string()).await?;
+        if rev == last_rev {
+            // Consul 1.8 skips a write of the value (and flags) a key
+            // already holds: no new ModifyIndex, so no change to watch.
+            ensure!(i == 0, "put {i} of a new value kept revision {rev}");
+            unchanged += 1;
+            continue;
+        }
+        ensure!(rev > last_rev, "put {i}: revision {rev} after {last_rev}");
+        last_rev = rev;
+        loop {
+            let ev = match tokio::time::timeout(Duration::from_secs(20), s.next()).await {
+                Ok(Some(Ok(ev))) => ev,
+                other => anyhow::bail!(
+                    "put {i} (revision {rev}): no event within 20s ({other:?}); last events: {:?}",
+                    &seen[seen.len().saturating_sub(8)..]
+                ),
+            };
+            seen.push(format!("{ev:?}").chars().take(200).collect());
+            let done = match &ev {
+                kvmap_core::WatchEvent::Put { entry, .. } => entry.revision >= rev,
+                kvmap_core::WatchEvent::Resync { entries, .. } => {
+                    entries.iter().any(|e| e.revision >= rev)
+                }
+                _ => false,
+            };
+            if done {
+                break;
+            }
+        }
+    }
+    eprintln!("key watch: 201 puts, {unchanged} rewrote the value already stored (no new revision, no event)");
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let infra = Arc::new(common::runtime());
     if let Some(code) = common::skip_without_docker(&infra) {
@@ -923,6 +978,10 @@ fn main() -> std::process::ExitCode {
         ),
         t!("consul_interop_key_prefix_isolation", key_prefix_isolation),
         t!("consul_interop_txn_and_value_limits", limits),
+        t!(
+            "consul_interop_key_watch_sees_every_put",
+            key_watch_every_put
+        ),
         t!(
             "consul_interop_ttl_entry_rewritten_by_cli_is_kept",
             ttl_vs_external_rewrite

@@ -125,15 +125,24 @@ impl PutOptions {
         self
     }
 
-    /// Checks the TTL is not zero.
+    /// The longest TTL any store accepts: 100 years. Longer TTLs are an
+    /// error, never silently capped; below it a backend keeps the TTL
+    /// exactly (to its documented granularity).
+    pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+    /// Checks the TTL is positive and at most [`PutOptions::MAX_TTL`].
     ///
     /// # Errors
     /// [`ErrorKind::InvalidArgument`].
     pub fn validate(&self) -> Result<()> {
-        if self.ttl.is_some_and(|t| t.is_zero()) {
-            return Err(Error::new(ErrorKind::InvalidArgument).with_detail("ttl must be positive"));
+        match self.ttl {
+            Some(t) if t.is_zero() => {
+                Err(Error::new(ErrorKind::InvalidArgument).with_detail("ttl must be positive"))
+            }
+            Some(t) if t > Self::MAX_TTL => Err(Error::new(ErrorKind::InvalidArgument)
+                .with_detail(format!("ttl {t:?} is above the maximum of 100 years"))),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Checks the mode against the current revision of the key (`None` if

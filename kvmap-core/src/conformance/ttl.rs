@@ -15,6 +15,7 @@ pub(crate) fn cases() -> Vec<Case> {
         case("ttl_cleared_by_put_without_ttl", cleared_by_put),
         case("ttl_refreshed_by_put_with_ttl", refreshed_by_put),
         case("ttl_zero_is_invalid", zero_invalid),
+        case("ttl_above_max_is_invalid", above_max_invalid),
         case("ttl_expired_entries_not_listed", not_listed),
     ]
 }
@@ -157,6 +158,51 @@ async fn zero_invalid(fx: Fixture) -> CaseResult {
         .await;
     expect_kind(r, ErrorKind::InvalidArgument, "zero ttl")?;
     expect_absent(&fx, &k, "nothing written").await?;
+    PASS
+}
+
+/// `Duration::MAX` and anything above `PutOptions::MAX_TTL` are refused
+/// before any write (no overflow, no half-written entry); the maximum
+/// itself works.
+async fn above_max_invalid(fx: Fixture) -> CaseResult {
+    if unsupported(&fx).await? {
+        return PASS;
+    }
+    let k = key("tmax")?;
+    for ttl in [Duration::MAX, PutOptions::MAX_TTL + Duration::from_secs(1)] {
+        let r = fx
+            .store
+            .put(
+                &Context::new(),
+                &k,
+                Bytes::from("v"),
+                PutOptions::default().with_ttl(ttl),
+            )
+            .await;
+        expect_kind(r, ErrorKind::InvalidArgument, "ttl above the maximum")?;
+        expect_absent(&fx, &k, "nothing written").await?;
+        let batch =
+            crate::Batch::new().put_with(k.clone(), "v", PutOptions::default().with_ttl(ttl));
+        let r = fx.store.apply(&Context::new(), batch).await.map(|_| ());
+        expect_kind(
+            r,
+            ErrorKind::InvalidArgument,
+            "batch with a ttl above the maximum",
+        )?;
+        expect_absent(&fx, &k, "nothing written by the batch").await?;
+    }
+    put_ttl(&fx, &k, Some(PutOptions::MAX_TTL)).await?;
+    let e = fx
+        .store
+        .get(&Context::new(), &k)
+        .await?
+        .ok_or_else(|| "entry with the maximum ttl is missing".to_string())?;
+    if let Some(at) = e.expires_at {
+        let years_99 = SystemTime::now() + Duration::from_secs(99 * 365 * 24 * 3600);
+        ensure(at > years_99, || {
+            format!("the maximum ttl was shortened to {at:?}")
+        })?;
+    }
     PASS
 }
 

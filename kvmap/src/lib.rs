@@ -10,6 +10,7 @@
 //! |-----------|---------|------------------------------------------|
 //! | `rocksdb` | yes     | [`RocksStore`], `rocksdb:PATH` URLs       |
 //! | `redis`   | no      | `RedisStore`, `redis://`, `redis+cluster://` URLs |
+//! | `consul`  | no      | `ConsulStore`, `consul://`, `consul+https://` URLs |
 //! | `fallback`| no      | [`FallbackChain`], [`Breaker`], the outbox ([`fallback`]) |
 //! | `cli`     | yes     | the `kvmap` command-line tool (with `redis`, `fallback`) |
 //!
@@ -36,6 +37,9 @@ pub use kvmap_rocksdb::{RocksConfig, RocksStore};
 
 #[cfg(feature = "redis")]
 pub use kvmap_redis::{RedisConfig, RedisStore};
+
+#[cfg(feature = "consul")]
+pub use kvmap_consul::{ConsulConfig, ConsulStore};
 
 /// Circuit breakers, the fallback chain and the durable outbox (feature
 /// `fallback`).

@@ -1,6 +1,7 @@
 //! The metric names and their labels, emitted through the `metrics`
 //! facade (the application installs the exporter, e.g. Prometheus).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use kvmap_core::{ErrorKind, Op};
@@ -46,32 +47,36 @@ pub(crate) fn kind_label(kind: ErrorKind) -> &'static str {
     }
 }
 
-pub(crate) fn record_call(backend: &str, op: Op, outcome: &'static str, took: Duration) {
-    metrics::histogram!(REQUEST_DURATION, "backend" => backend.to_owned(), "op" => op.as_str(), "outcome" => outcome)
+/// A label value sharing the backend's name: no allocation per call.
+fn shared(backend: &Arc<str>) -> metrics::SharedString {
+    metrics::SharedString::from_shared(backend.clone())
+}
+
+pub(crate) fn record_call(backend: &Arc<str>, op: Op, outcome: &'static str, took: Duration) {
+    metrics::histogram!(REQUEST_DURATION, "backend" => shared(backend), "op" => op.as_str(), "outcome" => outcome)
         .record(took.as_secs_f64());
 }
 
-pub(crate) fn record_state(backend: &str, state: BreakerState) {
-    metrics::gauge!(CB_STATE, "backend" => backend.to_owned()).set(state.as_gauge());
+pub(crate) fn record_state(backend: &Arc<str>, state: BreakerState) {
+    metrics::gauge!(CB_STATE, "backend" => shared(backend)).set(state.as_gauge());
 }
 
-pub(crate) fn record_transition(backend: &str, to: BreakerState) {
-    metrics::counter!(CB_TRANSITIONS, "backend" => backend.to_owned(), "to" => to.as_str())
+pub(crate) fn record_transition(backend: &Arc<str>, to: BreakerState) {
+    metrics::counter!(CB_TRANSITIONS, "backend" => shared(backend), "to" => to.as_str())
         .increment(1);
     record_state(backend, to);
 }
 
-pub(crate) fn record_failure(backend: &str, kind: ErrorKind) {
-    metrics::counter!(CB_FAILURES, "backend" => backend.to_owned(), "kind" => kind_label(kind))
+pub(crate) fn record_failure(backend: &Arc<str>, kind: ErrorKind) {
+    metrics::counter!(CB_FAILURES, "backend" => shared(backend), "kind" => kind_label(kind))
         .increment(1);
 }
 
-pub(crate) fn record_rejected(backend: &str, op: Op) {
-    metrics::counter!(CB_REJECTED, "backend" => backend.to_owned(), "op" => op.as_str())
-        .increment(1);
+pub(crate) fn record_rejected(backend: &Arc<str>, op: Op) {
+    metrics::counter!(CB_REJECTED, "backend" => shared(backend), "op" => op.as_str()).increment(1);
 }
 
-pub(crate) fn record_fallback_served(backend: &str, op: Op) {
-    metrics::counter!(FALLBACK_SERVED, "backend" => backend.to_owned(), "op" => op.as_str())
+pub(crate) fn record_fallback_served(backend: &Arc<str>, op: Op) {
+    metrics::counter!(FALLBACK_SERVED, "backend" => shared(backend), "op" => op.as_str())
         .increment(1);
 }

@@ -496,7 +496,7 @@ mod tests {
             threshold: 0.5,
         }));
         let mut b = CircuitBreaker::new(cfg, t0);
-        let mut run = |b: &mut CircuitBreaker, now: Instant, pattern: &str| {
+        let run = |b: &mut CircuitBreaker, now: Instant, pattern: &str| {
             pattern
                 .chars()
                 .map(|c| {

@@ -76,7 +76,7 @@ impl Inner {
                 Err(_) => batch.len(),
             };
             if failed > 0 {
-                ::metrics::counter!(metrics::MIRROR_FAILURES, "backend" => b.label.to_string())
+                ::metrics::counter!(metrics::MIRROR_FAILURES, "backend" => ::metrics::SharedString::from_shared(b.label.clone()))
                     .increment(failed as u64);
                 tracing::debug!(backend = %b.label, failed, "copy of primary writes to a fallback failed");
             }

@@ -287,24 +287,29 @@ impl Inner {
     fn after_write(&self, ops: &[BatchOp], outcomes: &[BatchOutcome], results: &[RawKv]) {
         let mut r = results.iter();
         for (op, outcome) in ops.iter().zip(outcomes) {
-            if let (
-                BatchOp::Put {
-                    key,
-                    value,
-                    options,
-                },
-                BatchOutcome::Put(rev),
-            ) = (op, outcome)
-            {
-                let create = r.next().map_or(*rev, |raw| raw.create_index);
-                let expires_at = options.ttl.and_then(|t| SystemTime::now().checked_add(t));
-                let entry = Entry::new(key.clone(), value.clone(), *rev, create)
-                    .with_expires_at(expires_at);
-                if expires_at.is_some() {
-                    self.reaper.note(&entry);
-                }
-                self.feed.publish(entry);
+            if let BatchOutcome::Put(rev) = outcome {
+                self.after_put(op, *rev, r.next());
             }
+        }
+    }
+
+    /// Publishes one own put to this process's watchers and tells the
+    /// reaper about a TTL entry. `raw` is the txn's result entry.
+    pub(crate) fn after_put(&self, op: &BatchOp, rev: Revision, raw: Option<&RawKv>) {
+        if let BatchOp::Put {
+            key,
+            value,
+            options,
+        } = op
+        {
+            let create = raw.map_or(rev, |r| r.create_index);
+            let expires_at = options.ttl.and_then(|t| SystemTime::now().checked_add(t));
+            let entry =
+                Entry::new(key.clone(), value.clone(), rev, create).with_expires_at(expires_at);
+            if expires_at.is_some() {
+                self.reaper.note(&entry);
+            }
+            self.feed.publish(entry);
         }
     }
 

@@ -292,24 +292,6 @@ impl Inner {
         }
     }
 
-    fn after_put(&self, op: &BatchOp, rev: Revision, raw: Option<&RawKv>) {
-        if let BatchOp::Put {
-            key,
-            value,
-            options,
-        } = op
-        {
-            let create = raw.map_or(rev, |r| r.create_index);
-            let expires_at = options.ttl.and_then(|t| SystemTime::now().checked_add(t));
-            let entry =
-                Entry::new(key.clone(), value.clone(), rev, create).with_expires_at(expires_at);
-            if expires_at.is_some() {
-                self.reaper.note(&entry);
-            }
-            self.feed.publish(entry);
-        }
-    }
-
     async fn delete(&self, ctx: &Context, key: &Key, options: DeleteOptions) -> Result<bool> {
         let op = BatchOp::Delete {
             key: key.clone(),

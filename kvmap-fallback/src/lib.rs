@@ -2,11 +2,13 @@
 #![forbid(unsafe_code)]
 
 pub mod breaker;
+pub mod cache;
 mod chain;
 mod config;
 pub mod metrics;
 mod outbox;
 
+pub use cache::{NearCache, NearCacheBuilder, NearCacheConfig, NearCacheStats, NEAR_CACHE_NAME};
 pub use breaker::{Breaker, BreakerConfig, BreakerSnapshot, BreakerState, FailureRate};
 pub use chain::{
     BackendStats, ChainBuilder, ConflictReport, FallbackChain, ReplayReport, CHAIN_NAME,

@@ -8,8 +8,8 @@ mod config;
 pub mod metrics;
 mod outbox;
 
-pub use cache::{NearCache, NearCacheBuilder, NearCacheConfig, NearCacheStats, NEAR_CACHE_NAME};
 pub use breaker::{Breaker, BreakerConfig, BreakerSnapshot, BreakerState, FailureRate};
+pub use cache::{NearCache, NearCacheBuilder, NearCacheConfig, NearCacheStats, NEAR_CACHE_NAME};
 pub use chain::{
     BackendStats, ChainBuilder, ConflictReport, FallbackChain, ReplayReport, CHAIN_NAME,
 };

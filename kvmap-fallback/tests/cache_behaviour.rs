@@ -78,7 +78,13 @@ async fn strong_reads_bypass_and_foreign_writes_invalidate() {
     store.set(&ctx, &k, "old").await.unwrap();
     cache.get(&ctx, &k).await.unwrap();
     assert_eq!(
-        cache.get(&ctx, &k).await.unwrap().unwrap().served_by.as_deref(),
+        cache
+            .get(&ctx, &k)
+            .await
+            .unwrap()
+            .unwrap()
+            .served_by
+            .as_deref(),
         Some(NEAR_CACHE_NAME)
     );
     // Another handle writes: a strong read sees it at once, a default read
@@ -219,7 +225,11 @@ async fn over_a_chain_and_keys_outside_the_scope_pass_through() {
     for _ in 0..3 {
         cache.get(&ctx, &inside).await.unwrap();
         let e = cache.get(&ctx, &outside).await.unwrap().unwrap();
-        assert_eq!(e.served_by.as_deref(), Some("memory"), "outside: the chain's entry");
+        assert_eq!(
+            e.served_by.as_deref(),
+            Some("memory"),
+            "outside: the chain's entry"
+        );
     }
     let s = cache.stats();
     assert_eq!((s.hits, s.misses), (2, 1), "{s:?}");

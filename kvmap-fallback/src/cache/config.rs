@@ -136,7 +136,9 @@ impl NearCacheConfig {
             return Err(bad("near cache max_entry_bytes must be below 4 GiB".into()));
         }
         if self.max_lag.is_zero() || self.probe_interval.is_zero() {
-            return Err(bad("near cache max_lag and probe_interval must be positive".into()));
+            return Err(bad(
+                "near cache max_lag and probe_interval must be positive".into(),
+            ));
         }
         if self.probe_interval > self.max_lag {
             return Err(bad(format!(

@@ -127,6 +127,7 @@ impl NearCacheBuilder {
         let cancel = CancellationToken::new();
         tokio::spawn(watcher::run_watch(shared.clone(), cancel.clone()));
         tokio::spawn(watcher::run_probe(shared.clone(), cancel.clone()));
+        tokio::spawn(watcher::run_window(shared.clone(), cancel.clone()));
         Ok(NearCache {
             shared,
             caps,
@@ -224,7 +225,7 @@ impl NearCache {
 
     /// The cached answer for `key` if the read may take it, without I/O.
     /// `None`: go to the store.
-    async fn from_cache(&self, ctx: &Context, key: &Key) -> Option<Option<Entry>> {
+    async fn cached_answer(&self, ctx: &Context, key: &Key) -> Option<Option<Entry>> {
         let s = &self.shared;
         match ctx.consistency() {
             Consistency::Strong => None,
@@ -278,6 +279,24 @@ impl NearCache {
         }
     }
 
+    async fn read_through(&self, ctx: &Context, key: &Key) -> Result<Option<Entry>> {
+        let s = &self.shared;
+        if ctx.consistency() != Consistency::Strong {
+            Counters::add(&s.stats.misses);
+        }
+        let ticket = s.ticket(key);
+        match s.inner.get(ctx, key).await {
+            Ok(e) => {
+                if ctx.consistency() != Consistency::Strong {
+                    s.install(key, ticket, e.as_ref()).await;
+                }
+                Ok(e)
+            }
+            Err(e) if store_down(&e) => self.last_resort(ctx, key, e).await,
+            Err(e) => Err(e),
+        }
+    }
+
     async fn note_written(&self, key: &Key, revision: Option<Revision>) {
         if let Some(r) = revision {
             self.shared.await_event(key, r);
@@ -307,23 +326,12 @@ impl KvStore for NearCache {
         if !s.in_scope(key) {
             return s.inner.get(ctx, key).await;
         }
-        if let Some(answer) = self.from_cache(ctx, key).await {
+        if let Some(answer) = self.cached_answer(ctx, key).await {
             return Ok(answer);
         }
-        if ctx.consistency() != Consistency::Strong {
-            Counters::add(&s.stats.misses);
-        }
-        let ticket = s.ticket(key);
-        match s.inner.get(ctx, key).await {
-            Ok(e) => {
-                if ctx.consistency() != Consistency::Strong {
-                    s.install(key, ticket, e.as_ref()).await;
-                }
-                Ok(e)
-            }
-            Err(e) if store_down(&e) => self.last_resort(ctx, key, e).await,
-            Err(e) => Err(e),
-        }
+        // Boxed, so the future of a hit stays small (a miss awaits the
+        // network anyway).
+        Box::pin(self.read_through(ctx, key)).await
     }
 
     async fn get_many(&self, ctx: &Context, keys: &[Key]) -> Result<Vec<Result<Option<Entry>>>> {
@@ -338,7 +346,7 @@ impl KvStore for NearCache {
         let mut missing = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let cached = if s.in_scope(key) {
-                self.from_cache(ctx, key).await
+                self.cached_answer(ctx, key).await
             } else {
                 None
             };

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use kvmap_core::{Entry, Key, KvStore, Revision, WatchEvent};
-use moka::ops::compute::{CompResult, Op as CacheOp};
 use moka::notification::RemovalCause;
+use moka::ops::compute::{CompResult, Op as CacheOp};
 use tokio::sync::Notify;
 
 use super::config::NearCacheConfig;
@@ -36,9 +36,8 @@ pub(crate) struct Cached {
 
 impl Cached {
     fn new(key: &Key, entry: Option<Entry>) -> Self {
-        let bytes = key.len() as u64
-            + entry.as_ref().map_or(0, |e| e.value.len() as u64)
-            + ENTRY_OVERHEAD;
+        let bytes =
+            key.len() as u64 + entry.as_ref().map_or(0, |e| e.value.len() as u64) + ENTRY_OVERHEAD;
         Self { entry, bytes }
     }
 
@@ -70,38 +69,6 @@ struct Pending {
     order: VecDeque<(Key, u64)>,
 }
 
-/// Entry expiry from the backend's `expires_at`.
-struct TtlExpiry;
-
-impl moka::Expiry<Key, Arc<Cached>> for TtlExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &Key,
-        value: &Arc<Cached>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        ttl_left(value)
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &Key,
-        value: &Arc<Cached>,
-        _updated_at: Instant,
-        _left: Option<Duration>,
-    ) -> Option<Duration> {
-        ttl_left(value)
-    }
-}
-
-fn ttl_left(value: &Cached) -> Option<Duration> {
-    let at = value.entry.as_ref()?.expires_at?;
-    Some(
-        at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
 pub(crate) type HealthFn = Arc<dyn Fn() -> bool + Send + Sync>;
 
 pub(crate) struct Shared {
@@ -114,6 +81,11 @@ pub(crate) struct Shared {
     /// `Default` reads may be served from the cache while now (µs since
     /// `epoch`) is below this.
     serve_until_us: AtomicU64,
+    /// `now < serve_until_us`, kept by the window task (a clock read per
+    /// hit would cost as much as the rest of the hit).
+    serving: AtomicBool,
+    /// Wakes the window task when the window changes.
+    pub(crate) window_changed: Notify,
     /// When the last successful verification started (µs; 0: never).
     verified_us: AtomicU64,
     pub(crate) watch_ok: AtomicBool,
@@ -142,12 +114,12 @@ impl Shared {
             .weigher(move |_k: &Key, v: &Arc<Cached>| {
                 u32::try_from(v.bytes.max(min_weight)).unwrap_or(u32::MAX)
             })
-            .expire_after(TtlExpiry)
             .eviction_listener(move |_k, v: Arc<Cached>, cause| {
                 listener_stats.entries.fetch_sub(1, Ordering::Relaxed);
-                listener_stats
-                    .bytes
-                    .fetch_sub(i64::try_from(v.bytes).unwrap_or(i64::MAX), Ordering::Relaxed);
+                listener_stats.bytes.fetch_sub(
+                    i64::try_from(v.bytes).unwrap_or(i64::MAX),
+                    Ordering::Relaxed,
+                );
                 if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
                     Counters::add(&listener_stats.evictions);
                 }
@@ -161,6 +133,8 @@ impl Shared {
             generation: AtomicU64::new(0),
             epoch: Instant::now(),
             serve_until_us: AtomicU64::new(0),
+            serving: AtomicBool::new(false),
+            window_changed: Notify::new(),
             verified_us: AtomicU64::new(0),
             watch_ok: AtomicBool::new(false),
             registered_us: AtomicU64::new(u64::MAX),
@@ -186,7 +160,25 @@ impl Shared {
 
     /// Whether `Default` reads may be served from the cache.
     pub(crate) fn healthy(&self) -> bool {
-        self.now_us() < self.serve_until_us.load(Ordering::Acquire)
+        self.serving.load(Ordering::Acquire)
+    }
+
+    /// Closes the window once it has passed; returns how long until it
+    /// does, `None` if it is closed.
+    pub(crate) fn check_window(&self) -> Option<Duration> {
+        let until = self.serve_until_us.load(Ordering::Acquire);
+        let now = self.now_us();
+        if now >= until {
+            self.serving.store(false, Ordering::Release);
+            // A probe may have extended it meanwhile.
+            if self.serve_until_us.load(Ordering::Acquire) > now {
+                self.serving.store(true, Ordering::Release);
+                return Some(Duration::ZERO);
+            }
+            None
+        } else {
+            Some(Duration::from_micros(until - now))
+        }
     }
 
     /// How long ago the cache last verified its watch and the store.
@@ -247,8 +239,13 @@ impl Shared {
             Some(e) if e.staleness.is_some_and(|s| !s.is_zero()) => return,
             Some(e) if e.expires_at.is_some_and(|at| at <= SystemTime::now()) => return,
             Some(e) => Some(
-                Entry::new(e.key.clone(), e.value.clone(), e.revision, e.create_revision)
-                    .with_expires_at(e.expires_at),
+                Entry::new(
+                    e.key.clone(),
+                    e.value.clone(),
+                    e.revision,
+                    e.create_revision,
+                )
+                .with_expires_at(e.expires_at),
             ),
             None if !self.config.cache_absent => return,
             None => None,
@@ -268,6 +265,8 @@ impl Shared {
             .and_compute_with(|cur| {
                 let op = match cur {
                     None => CacheOp::Put(candidate),
+                    // An expired entry is never served; anything replaces it.
+                    Some(c) if c.value().expired(SystemTime::now()) => CacheOp::Put(candidate),
                     Some(c) => match (c.value().revision(), candidate.revision()) {
                         (Some(old), Some(r)) if r > old => CacheOp::Put(candidate),
                         _ => CacheOp::Nop,
@@ -294,9 +293,10 @@ impl Shared {
 
     fn count_in(&self, c: &Cached) {
         self.stats.entries.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .bytes
-            .fetch_add(i64::try_from(c.bytes).unwrap_or(i64::MAX), Ordering::Relaxed);
+        self.stats.bytes.fetch_add(
+            i64::try_from(c.bytes).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// moka applies evictions in its maintenance; run it as soon as an
@@ -409,6 +409,7 @@ impl Shared {
     pub(crate) fn mark_broken(&self) {
         self.watch_ok.store(false, Ordering::SeqCst);
         self.serve_until_us.store(0, Ordering::Release);
+        self.serving.store(false, Ordering::Release);
     }
 
     /// A new watch is registered: whatever the cache held may have missed
@@ -427,8 +428,8 @@ impl Shared {
         let overdue = self
             .oldest_pending()
             .is_some_and(|at| t0.saturating_sub(at) > self.max_lag_us);
-        let watch_ok = self.watch_ok.load(Ordering::SeqCst)
-            && t0 >= self.registered_us.load(Ordering::SeqCst);
+        let watch_ok =
+            self.watch_ok.load(Ordering::SeqCst) && t0 >= self.registered_us.load(Ordering::SeqCst);
         if !(store_ok && external_ok && watch_ok) {
             return;
         }
@@ -443,8 +444,12 @@ impl Shared {
             return;
         }
         self.verified_us.fetch_max(t0, Ordering::AcqRel);
-        self.serve_until_us
-            .fetch_max(t0.saturating_add(self.max_lag_us), Ordering::AcqRel);
+        let until = t0.saturating_add(self.max_lag_us);
+        self.serve_until_us.fetch_max(until, Ordering::AcqRel);
+        if self.now_us() < until && self.watch_ok.load(Ordering::SeqCst) {
+            self.serving.store(true, Ordering::Release);
+        }
+        self.window_changed.notify_one();
     }
 
     /// Applies one watch event.
@@ -490,7 +495,8 @@ impl Shared {
                     _ => {}
                 }
             }
-            WatchEvent::Delete { key, revision, .. } | WatchEvent::Expired { key, revision, .. } => {
+            WatchEvent::Delete { key, revision, .. }
+            | WatchEvent::Expired { key, revision, .. } => {
                 if !self.event_arrived(&key, revision, true) {
                     self.bump(&key);
                 }
@@ -505,15 +511,15 @@ impl Shared {
                 self.generation.fetch_add(1, Ordering::SeqCst);
                 self.clear_pending();
                 Counters::add(&self.stats.resyncs);
-                let state: HashMap<&str, (Revision, &Bytes)> = entries
-                    .iter()
-                    .map(|e| (e.key.as_str(), (e.revision, &e.value)))
-                    .collect();
+                let state: HashMap<&str, &Bytes> =
+                    entries.iter().map(|e| (e.key.as_str(), &e.value)).collect();
                 let keys: Vec<Key> = self.cache.iter().map(|(k, _)| (*k).clone()).collect();
                 for key in keys {
                     let now = state.get(key.as_str()).copied();
+                    // The value decides, not the revision: after a chain
+                    // switched backends, revisions are the other store's.
                     let stale = |c: &Arc<Cached>| match (&c.entry, now) {
-                        (Some(e), Some((r, v))) => e.revision != r || &e.value != v,
+                        (Some(e), Some(v)) => e.value != *v,
                         (Some(_), None) | (None, Some(_)) => true,
                         (None, None) => false,
                     };

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kvmap_core::{Context, Key, WatchRequest};
 use kvmap_core::CancellationToken;
+use kvmap_core::{Context, Key, WatchRequest};
 
 use super::state::Shared;
 
@@ -109,6 +109,24 @@ pub(crate) async fn run_probe(shared: Arc<Shared>, cancel: CancellationToken) {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(shared.config.probe_interval) => {}
             () = shared.probe_now.notified() => {}
+        }
+    }
+}
+
+/// Closes the serving window when it passes (so a hit reads a flag, not
+/// the clock); a probe that extends it wakes this task.
+pub(crate) async fn run_window(shared: Arc<Shared>, cancel: CancellationToken) {
+    loop {
+        let wait = shared.check_window();
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = shared.window_changed.notified() => {}
+            () = async {
+                match wait {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
     }
 }

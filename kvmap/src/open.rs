@@ -14,12 +14,23 @@ redis+cluster://HOST:PORT[,HOST:PORT...]  Redis Cluster seeds
 consul://HOST:PORT[,HOST:PORT...]         Consul KV over http (feature `consul`)
 consul+https://HOST:PORT[,...]            Consul KV over https
   consul query: token=T dc=DC prefix=KEYPREFIX/ ca_file=PEM
-optional query: ?namespace=PREFIX/        scope every key under PREFIX/";
+optional query: ?namespace=PREFIX/        scope every key under PREFIX/
+optional query: ?cache=near               a watch-invalidated near cache in front (feature `fallback`)
+  cache query: cache_entries=N (1024) cache_bytes=N (2097152) cache_scope=PREFIX/
+               cache_max_staleness_ms=N (30000) cache_max_lag_ms=N (1000)";
 
 /// Opens a store from a URL (see [`URL_FORMS`]).
 ///
 /// A `namespace=PREFIX/` query parameter scopes the store to that prefix
 /// with [`Namespaced`](kvmap_core::Namespaced), for any backend.
+///
+/// `cache=near` puts a near cache (`kvmap_fallback::NearCache`, feature
+/// `fallback`) in front of the store (after the namespace), tuned with
+/// `cache_entries`, `cache_bytes`, `cache_scope`, `cache_max_staleness_ms`
+/// and `cache_max_lag_ms`. Use it on a single store: inside a fallback
+/// chain, a cache per backend would answer for a failed backend instead of
+/// letting the chain fall back (wrap the chain with
+/// `NearCache::over_chain` instead).
 ///
 /// # Errors
 /// [`ErrorKind::InvalidArgument`] for an unknown scheme, a malformed URL or
@@ -28,6 +39,9 @@ optional query: ?namespace=PREFIX/        scope every key under PREFIX/";
 /// server: `Unavailable`, wrong credentials: `Unauthenticated`).
 pub async fn open(url: &str) -> Result<Arc<dyn KvStore>> {
     let (base, namespace, params) = split_query(url)?;
+    let (cache, params): (Params, Params) = params
+        .into_iter()
+        .partition(|(k, _)| k == "cache" || k.starts_with("cache_"));
     let (scheme, rest) = base.split_once(':').ok_or_else(|| {
         invalid(
             url,
@@ -59,10 +73,77 @@ pub async fn open(url: &str) -> Result<Arc<dyn KvStore>> {
             ))
         }
     };
-    match namespace {
-        Some(ns) => Ok(Arc::new(store.namespaced(&ns)?)),
-        None => Ok(store),
+    let store: Arc<dyn KvStore> = match namespace {
+        Some(ns) => Arc::new(store.namespaced(&ns)?),
+        None => store,
+    };
+    if cache.is_empty() {
+        Ok(store)
+    } else {
+        with_cache(url, store, cache).await
     }
+}
+
+#[cfg(feature = "fallback")]
+async fn with_cache(
+    url: &str,
+    store: Arc<dyn KvStore>,
+    params: Params,
+) -> Result<Arc<dyn KvStore>> {
+    use kvmap_fallback::{NearCache, NearCacheConfig};
+    use std::time::Duration;
+    let mut config = NearCacheConfig::default();
+    let mut enabled = false;
+    for (k, v) in params {
+        let number = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| invalid(url, &format!("{k}={v:?} is not a number")))
+        };
+        match k.as_str() {
+            "cache" if v == "near" => enabled = true,
+            "cache" if v == "off" || v == "none" => enabled = false,
+            "cache" => {
+                return Err(invalid(
+                    url,
+                    &format!("cache={v:?}: expected cache=near (or off)"),
+                ))
+            }
+            "cache_entries" => config = config.with_max_entries(number(&v)?),
+            "cache_bytes" => config = config.with_max_bytes(number(&v)?),
+            "cache_scope" => config = config.with_scope(v),
+            "cache_max_staleness_ms" => {
+                config = config.with_max_staleness(Duration::from_millis(number(&v)?))
+            }
+            "cache_max_lag_ms" => {
+                let lag = Duration::from_millis(number(&v)?);
+                let probe = config.probe_interval.min(lag);
+                config = config.with_max_lag(lag).with_probe_interval(probe);
+            }
+            other => {
+                return Err(invalid(
+                    url,
+                    &format!("unknown query parameter {other:?} (the cache knows cache, cache_entries, cache_bytes, cache_scope, cache_max_staleness_ms, cache_max_lag_ms)"),
+                ))
+            }
+        }
+    }
+    if !enabled {
+        return Ok(store);
+    }
+    let cache = NearCache::builder(store).config(config).build().await?;
+    Ok(Arc::new(cache))
+}
+
+#[cfg(not(feature = "fallback"))]
+async fn with_cache(
+    url: &str,
+    _store: Arc<dyn KvStore>,
+    _params: Params,
+) -> Result<Arc<dyn KvStore>> {
+    Err(invalid(
+        url,
+        "this build of kvmap has no `fallback` feature (cache=near)",
+    ))
 }
 
 fn invalid(url: &str, why: &str) -> Error {
@@ -252,6 +333,29 @@ mod tests {
         assert_eq!(redact("redis://u:secret@h:1"), "redis://u:***@h:1");
         assert!(!redact("consul://h:1?token=abc").contains("abc"));
         assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+
+    #[cfg(feature = "fallback")]
+    #[tokio::test]
+    async fn memory_with_a_near_cache() {
+        let s = open("memory:?namespace=app/&cache=near&cache_entries=10&cache_bytes=4096")
+            .await
+            .unwrap();
+        assert_eq!(s.name(), "near-cache");
+        let k = Key::new("a").unwrap();
+        s.set(&Context::new(), &k, "v").await.unwrap();
+        assert_eq!(
+            s.get(&Context::new(), &k).await.unwrap().unwrap().value,
+            "v"
+        );
+        for bad in [
+            "memory:?cache=far",
+            "memory:?cache=near&cache_entries=x",
+            "memory:?cache=near&cache_bogus=1",
+            "memory:?cache=near&cache_entries=0",
+        ] {
+            assert!(open(bad).await.is_err(), "{bad}");
+        }
     }
 
     #[cfg(feature = "rocksdb")]

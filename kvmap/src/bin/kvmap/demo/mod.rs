@@ -22,9 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kvmap::fallback::{
-    BreakerConfig, BreakerState, ChainConfig, FallbackChain, OutboxConfig, WritePolicy,
+    BreakerConfig, BreakerState, ChainConfig, FallbackChain, NearCache, NearCacheConfig,
+    NearCacheStats, OutboxConfig, WritePolicy,
 };
-use kvmap::{Context, Key, KvStore, KvStoreExt, RocksConfig, RocksStore};
+use kvmap::{Consistency, Context, Key, KvStore, KvStoreExt, RocksConfig, RocksStore};
 use tokio::time::Instant;
 
 use primary::Primary;
@@ -92,6 +93,16 @@ struct Load {
 
 const FALLBACK: &str = "rocksdb";
 const CONFLICT_KEY: &str = "demo/conflict";
+/// Configuration keys, read through the near cache.
+const CONFIG_PREFIX: &str = "demo/cfg/";
+const CONFIG_KEYS: u64 = 20;
+/// How old a configuration read may be: the near cache serves it during
+/// an outage, marked stale, while it verified itself within this.
+const CONFIG_MAX_STALENESS: Duration = Duration::from_secs(10);
+
+fn config_key(i: u64) -> Option<Key> {
+    Key::new(format!("{CONFIG_PREFIX}flag{:02}", i % CONFIG_KEYS)).ok()
+}
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
@@ -116,10 +127,44 @@ pub(crate) async fn run(args: DemoArgs) -> ExitCode {
     }
 }
 
-async fn load_loop(chain: Arc<FallbackChain>, load: Arc<Mutex<Load>>, stop: Arc<AtomicBool>) {
+async fn load_loop(
+    chain: Arc<FallbackChain>,
+    cache: Arc<NearCache>,
+    load: Arc<Mutex<Load>>,
+    stop: Arc<AtomicBool>,
+) {
     let mut n: u64 = 0;
     while !stop.load(Ordering::SeqCst) {
         n += 1;
+        // Configuration reads through the near cache (five per step, hot
+        // keys first), each allowed to be CONFIG_MAX_STALENESS old.
+        let stale_ok = Context::new()
+            .with_timeout(Duration::from_secs(3))
+            .with_consistency(Consistency::Stale {
+                max_staleness: CONFIG_MAX_STALENESS,
+            });
+        for j in 0..5 {
+            let Some(ck) = config_key((n * 5 + j) % (1 + (n + j) % CONFIG_KEYS)) else {
+                return;
+            };
+            let t0 = Instant::now();
+            let mut r = cache.get(&stale_ok, &ck).await;
+            if r.as_ref()
+                .is_err_and(|e| matches!(e.kind(), kvmap::ErrorKind::StaleTooOld { .. }))
+            {
+                // Older than the application accepts: read it as fresh as
+                // the chain can (the fallback, marked stale by the chain).
+                let fresh = Context::new().with_timeout(Duration::from_secs(3));
+                r = cache.get(&fresh, &ck).await;
+            }
+            let took = t0.elapsed();
+            let mut l = lock(&load);
+            l.ops += 1;
+            l.latencies_ms.push(took.as_secs_f64() * 1e3);
+            if let Err(e) = r {
+                *l.errors.entry(kind_name(&e)).or_default() += 1;
+            }
+        }
         let name = format!("demo/k{:03}", n % 100);
         let Ok(key) = Key::new(name.clone()) else {
             return;
@@ -272,8 +317,27 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
         "chain: {label} (breaker: 3 failures, 1s cool-down doubling to 4s) -> {FALLBACK}, write policy outbox; primary op timeout {}ms",
         primary::OP_TIMEOUT.as_millis()
     );
+    let cache = Arc::new(
+        NearCache::over_chain(chain.clone())
+            .config(NearCacheConfig::default().with_scope(CONFIG_PREFIX))
+            .build()
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    println!(
+        "near cache over the chain for {CONFIG_PREFIX}* ({CONFIG_KEYS} keys, read with Stale {{ max {}s }}): 1024 entries / 2 MiB, kept fresh by one watch; serves default reads only while the primary breaker is closed",
+        CONFIG_MAX_STALENESS.as_secs()
+    );
     let conflict_key = Key::new(CONFLICT_KEY).map_err(|e| e.to_string())?;
     let ctx = || Context::new().with_timeout(Duration::from_secs(3));
+    for i in 0..CONFIG_KEYS {
+        if let Some(k) = config_key(i) {
+            chain
+                .set(&ctx(), &k, "v0")
+                .await
+                .map_err(|e| format!("config write: {e}"))?;
+        }
+    }
     chain
         .set(&ctx(), &conflict_key, "app-before-the-faults")
         .await
@@ -281,7 +345,14 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
 
     let load = Arc::new(Mutex::new(Load::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let worker = tokio::spawn(load_loop(chain.clone(), load.clone(), stop.clone()));
+    let worker = tokio::spawn(load_loop(
+        chain.clone(),
+        cache.clone(),
+        load.clone(),
+        stop.clone(),
+    ));
+    let mut last_cache = cache.stats();
+    let mut config_version = 0u64;
 
     let start = Instant::now();
     let schedule = if primary.can_inject() {
@@ -352,8 +423,18 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
                     .is_ok();
             }
         }
+        // Every 3 s one configuration key changes, written through the
+        // chain (not the cache): the cache's watch invalidates it.
+        if elapsed.as_secs().is_multiple_of(3) && elapsed < args.duration {
+            config_version += 1;
+            if let Some(k) = config_key(config_version) {
+                let _ = chain.set(&ctx(), &k, format!("v{config_version}")).await;
+            }
+        }
         // One second of the timeline.
         let stats = chain.stats();
+        let cs = cache.stats();
+        let cache_line = CacheSecond::new(&cs, &last_cache);
         let (ops, errors, mut lat) = {
             let mut l = lock(&load);
             let errs: u64 = l.errors.values().sum();
@@ -420,6 +501,7 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
                 second.outbox,
                 second.event.as_deref().map(|e| format!("  <- {e}")).unwrap_or_default()
             );
+            println!("       {}", cache_line.plain());
         } else {
             let mut s = String::new();
             if drawn_lines > 0 {
@@ -454,6 +536,7 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
                     second.reads_fallback,
                     second.writes_fallback
                 ),
+                format!("{}\x1b[K", cache_line.row()),
                 format!(
                     "last event: {}\x1b[K",
                     seconds
@@ -474,6 +557,7 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
         }
         seconds.push(second);
         last_stats = stats;
+        last_cache = cs;
         if elapsed >= args.duration {
             stop.store(true, Ordering::SeqCst);
             let since = *draining_since.get_or_insert_with(Instant::now);
@@ -549,6 +633,21 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
     if primary.can_inject() {
         println!("  {CONFLICT_KEY} on the primary: {conflict_now:?} (the other client's write, not overwritten)");
     }
+    let cs = cache.stats();
+    println!(
+        "  near cache ({CONFIG_PREFIX}*): hit rate {:.1}% ({} hits, {} misses), {} served stale during outages (marked, within {}s), {} invalidations, {} resyncs, {} entries / {} bytes, own-write watch lag p50 {:?} p99 {:?}",
+        cs.hit_ratio() * 100.0,
+        cs.hits,
+        cs.misses,
+        cs.stale_serves,
+        CONFIG_MAX_STALENESS.as_secs(),
+        cs.invalidations,
+        cs.resyncs,
+        cs.entries,
+        cs.bytes,
+        cs.own_write_lag.p50,
+        cs.own_write_lag.p99
+    );
     for (fault, d) in &to_fallback {
         println!(
             "  {fault} -> first fallback-served read after {}ms",
@@ -562,7 +661,8 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
             && (l.starts_with("kvmap_cb_state")
                 || l.starts_with("kvmap_cb_transitions_total")
                 || l.starts_with("kvmap_fallback_served_total")
-                || l.starts_with("kvmap_outbox"))
+                || l.starts_with("kvmap_outbox")
+                || l.starts_with("kvmap_cache_"))
     }) {
         println!("    {line}");
     }
@@ -593,4 +693,66 @@ async fn demo(args: DemoArgs) -> Result<bool, String> {
         }
     );
     Ok(ok)
+}
+
+/// One second of the near cache, for the table.
+struct CacheSecond {
+    hits: u64,
+    misses: u64,
+    stale: u64,
+    invalidations: u64,
+    entries: u64,
+    bytes: u64,
+    healthy: bool,
+}
+
+impl CacheSecond {
+    fn new(now: &NearCacheStats, last: &NearCacheStats) -> Self {
+        Self {
+            hits: now.hits.saturating_sub(last.hits),
+            misses: now.misses.saturating_sub(last.misses),
+            stale: now.stale_serves.saturating_sub(last.stale_serves),
+            invalidations: now.invalidations.saturating_sub(last.invalidations),
+            entries: now.entries,
+            bytes: now.bytes,
+            healthy: now.healthy,
+        }
+    }
+
+    fn hit_rate(&self) -> f64 {
+        let n = self.hits + self.misses + self.stale;
+        if n == 0 {
+            0.0
+        } else {
+            self.hits as f64 * 100.0 / n as f64
+        }
+    }
+
+    fn row(&self) -> String {
+        format!(
+            "near cache {:<6} hit rate {:>5.1}%  hits/s {:>4}  misses/s {:>3}  stale serves/s {:>3}  invalidations/s {:>2}  {} entries {} bytes",
+            if self.healthy { "fresh" } else { "stale" },
+            self.hit_rate(),
+            self.hits,
+            self.misses,
+            self.stale,
+            self.invalidations,
+            self.entries,
+            self.bytes
+        )
+    }
+
+    fn plain(&self) -> String {
+        format!(
+            "cache[{} hit={:.1}% hits={} misses={} stale={} invalidations={} entries={} bytes={}]",
+            if self.healthy { "fresh" } else { "stale" },
+            self.hit_rate(),
+            self.hits,
+            self.misses,
+            self.stale,
+            self.invalidations,
+            self.entries,
+            self.bytes
+        )
+    }
 }

@@ -198,7 +198,8 @@ pub(crate) async fn connect(url: &str, namespace: &str) -> Result<RedisStore> {
         RedisConfig::standalone(url)
             .with_op_timeout(OP_TIMEOUT)
             .with_connect_timeout(OP_TIMEOUT)
-            .with_watch_events(false)
+            // The near cache over the chain keeps itself fresh by a watch.
+            .with_watch_events(true)
             .with_namespace(namespace),
     )
     .await

@@ -430,7 +430,16 @@ impl Shared {
             .is_some_and(|at| t0.saturating_sub(at) > self.max_lag_us);
         let watch_ok =
             self.watch_ok.load(Ordering::SeqCst) && t0 >= self.registered_us.load(Ordering::SeqCst);
-        if !(store_ok && external_ok && watch_ok) {
+        if !external_ok {
+            // Definite (a chain's primary breaker opened): close the window
+            // now; the lapse re-registers the watch once healthy again.
+            let now = self.now_us();
+            self.serve_until_us.fetch_min(now, Ordering::AcqRel);
+            self.serving.store(false, Ordering::Release);
+            self.window_changed.notify_one();
+            return;
+        }
+        if !(store_ok && watch_ok) {
             return;
         }
         let until = self.serve_until_us.load(Ordering::Acquire);

@@ -337,6 +337,7 @@ impl KvStore for ConsulStore {
             .with(kvmap_core::Capability::OrderedList, Support::Emulated)
             .with(kvmap_core::Capability::Watch, Support::Emulated)
             .with(kvmap_core::Capability::WatchResume, Support::Unsupported)
+            .with(kvmap_core::Capability::Lock, Support::Unsupported)
             .with_limits(Limits {
                 max_key_bytes: 2048,
                 max_value_bytes: self.inner.cfg.max_value_bytes,

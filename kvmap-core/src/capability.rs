@@ -44,6 +44,8 @@ pub enum Capability {
     StrongRead,
     /// Bounded-staleness reads (`Consistency::Stale`).
     StaleRead,
+    /// Leases and locks with fencing tokens ([`KvStore::lock`](crate::KvStore::lock)).
+    Lock,
 }
 
 impl fmt::Display for Capability {
@@ -57,6 +59,7 @@ impl fmt::Display for Capability {
             Capability::AtomicBatch => "atomic batch",
             Capability::StrongRead => "strong read",
             Capability::StaleRead => "stale read",
+            Capability::Lock => "lock",
         })
     }
 }
@@ -160,6 +163,8 @@ pub struct Capabilities {
     pub strong_read: Support,
     /// Bounded-staleness reads.
     pub stale_read: Support,
+    /// Leases and locks with fencing tokens.
+    pub lock: Support,
     /// Size limits.
     pub limits: Limits,
 }
@@ -177,6 +182,7 @@ impl Capabilities {
             atomic_batch: Support::Native,
             strong_read: Support::Native,
             stale_read: Support::Native,
+            lock: Support::Native,
             limits: Limits::default(),
         }
     }
@@ -192,6 +198,7 @@ impl Capabilities {
             Capability::AtomicBatch => self.atomic_batch,
             Capability::StrongRead => self.strong_read,
             Capability::StaleRead => self.stale_read,
+            Capability::Lock => self.lock,
         }
     }
 
@@ -206,6 +213,7 @@ impl Capabilities {
             Capability::AtomicBatch => &mut self.atomic_batch,
             Capability::StrongRead => &mut self.strong_read,
             Capability::StaleRead => &mut self.stale_read,
+            Capability::Lock => &mut self.lock,
         };
         *slot = support;
         self
@@ -236,7 +244,7 @@ impl Capabilities {
 
     /// All capabilities with their support level, for tables and
     /// `kvmap info`.
-    pub fn table(&self) -> [(Capability, Support); 8] {
+    pub fn table(&self) -> [(Capability, Support); 9] {
         [
             Capability::Cas,
             Capability::Ttl,
@@ -246,6 +254,7 @@ impl Capabilities {
             Capability::AtomicBatch,
             Capability::StrongRead,
             Capability::StaleRead,
+            Capability::Lock,
         ]
         .map(|c| (c, self.get(c)))
     }

@@ -89,6 +89,9 @@ pub enum ErrorKind {
     /// A circuit breaker is open and rejected the call without trying.
     /// Transient.
     CircuitOpen,
+    /// A lock is held by another holder and the wait for it ran out, or
+    /// this holder's lease is lost. Transient: try again later.
+    Locked,
     /// A value could not be encoded or decoded by a typed view. Permanent.
     Codec,
     /// The server holds data under a kvmap key that kvmap cannot read (a
@@ -126,6 +129,7 @@ impl ErrorKind {
                 format!("history compacted (oldest revision {oldest})").into()
             }
             Self::CircuitOpen => "circuit open".into(),
+            Self::Locked => "locked".into(),
             Self::Codec => "codec error".into(),
             Self::InvalidData => "invalid data on server".into(),
             Self::Internal => "internal error".into(),
@@ -169,12 +173,14 @@ pub enum Op {
     Apply,
     /// Encoding or decoding a typed value.
     Codec,
+    /// [`KvStore::lock`](crate::KvStore::lock) and the lease it returns.
+    Lock,
 }
 
 impl Op {
     /// Whether the operation changes data.
     pub fn is_write(self) -> bool {
-        matches!(self, Op::Put | Op::Delete | Op::Apply)
+        matches!(self, Op::Put | Op::Delete | Op::Apply | Op::Lock)
     }
 
     /// The lowercase name used in messages.
@@ -189,6 +195,7 @@ impl Op {
             Op::GetMany => "get_many",
             Op::Apply => "apply",
             Op::Codec => "codec",
+            Op::Lock => "lock",
         }
     }
 }
@@ -327,6 +334,7 @@ impl Error {
             ErrorKind::Timeout
             | ErrorKind::Unavailable
             | ErrorKind::CircuitOpen
+            | ErrorKind::Locked
             | ErrorKind::StaleTooOld { .. } => RetryClass::Safe,
             ErrorKind::InvalidKey
             | ErrorKind::InvalidArgument
@@ -352,6 +360,7 @@ impl Error {
             ErrorKind::Timeout
                 | ErrorKind::Unavailable
                 | ErrorKind::CircuitOpen
+                | ErrorKind::Locked
                 | ErrorKind::StaleTooOld { .. }
         )
     }
@@ -465,6 +474,8 @@ mod tests {
             (ErrorKind::InvalidKey, Op::Get, RetryClass::Never),
             (ErrorKind::CircuitOpen, Op::Delete, RetryClass::Safe),
             (ErrorKind::Cancelled, Op::Get, RetryClass::Never),
+            (ErrorKind::Locked, Op::Lock, RetryClass::Safe),
+            (ErrorKind::Timeout, Op::Lock, RetryClass::OutcomeUnknown),
         ];
         for (kind, op, want) in cases {
             assert_eq!(

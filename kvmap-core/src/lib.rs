@@ -14,6 +14,8 @@
 //!   infrastructure flag for circuit breakers;
 //! - [`Capabilities`] discovery: what a store lacks fails with
 //!   [`ErrorKind::Unsupported`], never silently;
+//! - leases and [`lock`]s with fencing tokens, renewed in the background,
+//!   with a lost signal;
 //! - [`Namespaced`] and [`Typed`] views over any store;
 //! - the shared conformance suite (feature `conformance`) that every
 //!   backend runs.
@@ -40,6 +42,7 @@ mod context;
 mod entry;
 mod error;
 mod key;
+pub mod lock;
 mod memory;
 mod namespace;
 mod redact;
@@ -58,6 +61,7 @@ pub use entry::{
 };
 pub use error::{Error, ErrorKind, Op, Result, RetryClass};
 pub use key::{check_prefix, Key};
+pub use lock::{Fence, FencingToken, LockGuard, LockOptions};
 pub use memory::{MemoryConfig, MemoryStore};
 pub use namespace::Namespaced;
 pub use redact::{is_secret_param, redact_url};

@@ -18,6 +18,7 @@ use crate::entry::{
 };
 use crate::error::{Error, ErrorKind, Op, Result};
 use crate::key::Key;
+use crate::lock::{LocalLocks, LockGuard, LockOptions, MemoryTokens};
 use crate::store::KvStore;
 use crate::watch::{ChangeFeed, ChangeSource, WatchEvent, WatchRequest, WatchStream};
 
@@ -87,6 +88,7 @@ struct Inner {
     feed: ChangeFeed,
     config: MemoryConfig,
     wakeup: Arc<Notify>,
+    locks: Arc<LocalLocks>,
 }
 
 impl Drop for Inner {
@@ -133,6 +135,7 @@ impl MemoryStore {
             feed: ChangeFeed::new(config.watch_buffer),
             config,
             wakeup: wakeup.clone(),
+            locks: Arc::new(LocalLocks::new(NAME, Arc::new(MemoryTokens::default()))),
         });
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(reaper(Arc::downgrade(&inner), wakeup));
@@ -409,6 +412,11 @@ impl KvStore for MemoryStore {
     async fn watch(&self, ctx: &Context, request: WatchRequest) -> Result<WatchStream> {
         let source: Arc<dyn ChangeSource> = self.inner.clone();
         self.inner.feed.watch(NAME, ctx, request, source).await
+    }
+
+    async fn lock(&self, ctx: &Context, key: &Key, options: LockOptions) -> Result<LockGuard> {
+        self.inner.config.limits.check_key(key)?;
+        crate::lock::acquire(self.inner.locks.clone(), ctx, key, options).await
     }
 
     async fn get_many(&self, ctx: &Context, keys: &[Key]) -> Result<Vec<Result<Option<Entry>>>> {

@@ -225,6 +225,16 @@ impl KvStore for Namespaced {
             .collect())
     }
 
+    async fn lock(
+        &self,
+        ctx: &Context,
+        key: &Key,
+        options: crate::lock::LockOptions,
+    ) -> Result<crate::lock::LockGuard> {
+        let guard = self.inner.lock(ctx, &self.wrap(key)?, options).await?;
+        Ok(guard.with_key(key.clone()))
+    }
+
     async fn apply(&self, ctx: &Context, batch: Batch) -> Result<Vec<Result<BatchOutcome>>> {
         let ops = batch
             .ops

@@ -8,12 +8,14 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::capability::Capabilities;
+use crate::capability::Capability;
 use crate::context::Context;
 use crate::entry::{
     Batch, BatchOp, BatchOutcome, DeleteOptions, Entry, ListRequest, PutOptions, Revision,
 };
-use crate::error::{ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Op, Result};
 use crate::key::Key;
+use crate::lock::{LockGuard, LockOptions};
 use crate::namespace::Namespaced;
 use crate::typed::{Codec, Json, Typed};
 use crate::watch::{WatchRequest, WatchStream};
@@ -209,6 +211,38 @@ pub trait KvStore: Send + Sync + fmt::Debug + 'static {
             });
         }
         Ok(out)
+    }
+
+    /// Acquires an exclusive lease on `key` with a fencing token. See
+    /// [`lock`](crate::lock) for the guard's contract (renewal, lost
+    /// signal, release on drop) and each backend's docs for its guarantee.
+    ///
+    /// Locks live in a space of their own: locking a key does not create,
+    /// read or change the data entry of that key (backend docs say where
+    /// the lease is stored).
+    ///
+    /// The default returns [`ErrorKind::Unsupported`].
+    ///
+    /// # Errors
+    /// `Unsupported` where the store declares no `lock`; `InvalidKey`;
+    /// `InvalidArgument` for a TTL outside the backend's range; `Locked`
+    /// when `options.wait` runs out; `DeadlineExceeded` / `Cancelled`;
+    /// backend failures (`Timeout` is outcome-unknown: a lease may have
+    /// been taken and then expires by its TTL).
+    ///
+    /// # Cancellation
+    /// Cancelled or timed out while waiting: no lease is left behind
+    /// beyond, at worst, its TTL.
+    ///
+    /// # Consistency
+    /// Mutual exclusion as the backend documents it (a Redis failover can
+    /// break it; fencing tokens let resources reject the stale holder).
+    async fn lock(&self, ctx: &Context, key: &Key, options: LockOptions) -> Result<LockGuard> {
+        let _ = (ctx, options);
+        Err(Error::new(ErrorKind::Unsupported {
+            capability: Capability::Lock,
+        })
+        .in_context(self.name(), Op::Lock, Some(key.as_str())))
     }
 }
 

@@ -39,6 +39,7 @@ pub(crate) fn kind_label(kind: ErrorKind) -> &'static str {
         ErrorKind::CircuitOpen => "circuit_open",
         ErrorKind::DeadlineExceeded => "deadline_exceeded",
         ErrorKind::Cancelled => "cancelled",
+        ErrorKind::Locked => "locked",
         ErrorKind::Conflict { .. } | ErrorKind::AlreadyExists => "precondition",
         ErrorKind::InvalidKey | ErrorKind::InvalidArgument | ErrorKind::ValueTooLarge { .. } => {
             "bad_input"

@@ -118,7 +118,10 @@ impl KvStore for Hang {
         "hang"
     }
     fn capabilities(&self) -> kvmap_core::Capabilities {
-        kvmap_core::Capabilities::all_native()
+        kvmap_core::Capabilities::all_native().with(
+            kvmap_core::Capability::Lock,
+            kvmap_core::Support::Unsupported,
+        )
     }
     async fn get(
         &self,

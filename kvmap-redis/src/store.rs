@@ -334,6 +334,7 @@ impl KvStore for RedisStore {
             .with(kvmap_core::Capability::AtomicBatch, Support::Unsupported)
             .with(kvmap_core::Capability::Cas, Support::Emulated)
             .with(kvmap_core::Capability::StaleRead, Support::Emulated)
+            .with(kvmap_core::Capability::Lock, Support::Unsupported)
             .with_limits(self.inner.cfg.limits)
     }
 

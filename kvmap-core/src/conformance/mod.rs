@@ -30,6 +30,7 @@ mod cas;
 mod context;
 mod keys;
 mod list;
+mod lock;
 mod ttl;
 mod util;
 mod watch;
@@ -85,6 +86,12 @@ pub struct SuiteOptions {
     /// After how many changes a past revision is guaranteed compacted
     /// (enables the `Compacted` case).
     pub history_limit: Option<usize>,
+    /// The TTL the lock cases lease with (at least the backend's minimum).
+    pub lock_ttl: Duration,
+    /// How long after its TTL an unrenewed lease may still block another
+    /// holder (the backend's documented slack, e.g. Consul's session
+    /// invalidation).
+    pub lock_grace: Duration,
 }
 
 impl Default for SuiteOptions {
@@ -95,6 +102,8 @@ impl Default for SuiteOptions {
             event_timeout: Duration::from_secs(10),
             watch_buffer: None,
             history_limit: None,
+            lock_ttl: Duration::from_secs(1),
+            lock_grace: Duration::from_secs(2),
         }
     }
 }
@@ -131,6 +140,7 @@ pub fn cases() -> Vec<Case> {
     all.extend(batch::cases());
     all.extend(watch::cases());
     all.extend(context::cases());
+    all.extend(lock::cases());
     all
 }
 

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use kvmap_core::{
     Batch, BatchOutcome, Capabilities, Context, DeleteOptions, Entry, Error, ErrorKind, Key,
-    KvStore, ListPage, ListRequest, Op, PutOptions, Result, Revision, Scope, WatchRequest,
-    WatchStream,
+    KvStore, ListPage, ListRequest, LockGuard, LockOptions, Op, PutOptions, Result, Revision,
+    Scope, WatchRequest, WatchStream,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -127,12 +127,12 @@ impl Breaker {
     /// The state now (an open breaker past its cool-down reads
     /// `HalfOpen`).
     pub fn state(&self) -> BreakerState {
-        self.lock().state(self.clock.now())
+        self.machine().state(self.clock.now())
     }
 
     /// State and counters now.
     pub fn snapshot(&self) -> BreakerSnapshot {
-        let m = self.lock();
+        let m = self.machine();
         BreakerSnapshot {
             state: m.state(self.clock.now()),
             trips: m.trips(),
@@ -154,7 +154,7 @@ impl Breaker {
         self.state() != BreakerState::Open
     }
 
-    fn lock(&self) -> MutexGuard<'_, CircuitBreaker> {
+    fn machine(&self) -> MutexGuard<'_, CircuitBreaker> {
         // The machine has no invariant a panicking holder could break
         // half-way that matters more than staying available.
         self.machine.lock().unwrap_or_else(|e| e.into_inner())
@@ -172,7 +172,7 @@ impl Breaker {
         let mut scope = Scope::new(self.inner.name(), op);
         scope.key = key;
         ctx.check(&scope)?;
-        let (admission, t) = self.lock().admit(self.clock.now());
+        let (admission, t) = self.machine().admit(self.clock.now());
         self.announce(t);
         match admission {
             Admission::Allowed(permit) => {
@@ -229,6 +229,7 @@ impl Judged for Revision {}
 impl Judged for bool {}
 impl Judged for ListPage {}
 impl Judged for WatchStream {}
+impl Judged for LockGuard {}
 impl Judged for Vec<Result<Option<Entry>>> {
     fn outcome(&self) -> Outcome {
         all_infrastructure(self)
@@ -293,7 +294,7 @@ impl Ticket<'_> {
             metrics::record_failure(&b.label, e.kind());
         }
         if let Some(p) = self.permit.take() {
-            let t = b.lock().record(b.clock.now(), p, outcome);
+            let t = b.machine().record(b.clock.now(), p, outcome);
             b.announce(t);
         }
     }
@@ -303,7 +304,7 @@ impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         if let Some(p) = self.permit.take() {
             let b = self.breaker;
-            let t = b.lock().record(b.clock.now(), p, Outcome::Ignored);
+            let t = b.machine().record(b.clock.now(), p, Outcome::Ignored);
             b.announce(t);
         }
     }
@@ -374,5 +375,18 @@ impl KvStore for Breaker {
     async fn apply(&self, ctx: &Context, batch: Batch) -> Result<Vec<Result<BatchOutcome>>> {
         self.guarded(ctx, Op::Apply, None, self.inner.apply(ctx, batch))
             .await
+    }
+
+    /// Acquisition goes through the breaker; the guard's renewals talk to
+    /// the backend directly (a lease must not be lost to an open breaker
+    /// while the backend still answers).
+    async fn lock(&self, ctx: &Context, key: &Key, options: LockOptions) -> Result<LockGuard> {
+        self.guarded(
+            ctx,
+            Op::Lock,
+            Some(key.as_str()),
+            self.inner.lock(ctx, key, options),
+        )
+        .await
     }
 }

@@ -450,4 +450,14 @@ impl KvStore for NearCache {
         }
         r
     }
+
+    async fn lock(
+        &self,
+        ctx: &Context,
+        key: &Key,
+        options: kvmap_core::LockOptions,
+    ) -> Result<kvmap_core::LockGuard> {
+        ctx.check(&self.scope(Op::Lock, Some(key.as_str())))?;
+        self.shared.inner.lock(ctx, key, options).await
+    }
 }

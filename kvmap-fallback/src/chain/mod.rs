@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use kvmap_core::{
     Batch, BatchOutcome, Capabilities, Consistency, Context, DeleteOptions, Entry, Error,
-    ErrorKind, Key, KvStore, Limits, ListPage, ListRequest, Op, PutOptions, Result, Revision,
-    Scope, Support, WatchRequest, WatchStream,
+    ErrorKind, Key, KvStore, Limits, ListPage, ListRequest, LockGuard, LockOptions, Op, PutOptions,
+    Result, Revision, Scope, Support, WatchRequest, WatchStream,
 };
 use tokio::sync::{broadcast, watch as tokio_watch};
 use tokio::time::Instant;
@@ -296,6 +296,12 @@ fn combined_capabilities(backends: &[Backend]) -> Capabilities {
         limits.max_value_bytes = limits.max_value_bytes.min(c.limits.max_value_bytes);
         limits.max_batch_ops = limits.max_batch_ops.min(c.limits.max_batch_ops);
     }
+    // Locks live on the primary only: a lease taken on a fallback would
+    // not exclude a holder on the primary, so they are never failed over.
+    let primary_lock = backends
+        .first()
+        .map_or(Support::Unsupported, |b| b.breaker.capabilities().lock);
+    caps = caps.with(kvmap_core::Capability::Lock, primary_lock);
     // The outbox keeps replay bookkeeping under `k/{key}`.
     limits.max_key_bytes = limits.max_key_bytes.min(Key::MAX_BYTES - 2);
     caps.with_limits(limits)
@@ -616,5 +622,19 @@ impl KvStore for FallbackChain {
 
     async fn apply(&self, ctx: &Context, batch: Batch) -> Result<Vec<Result<BatchOutcome>>> {
         self.inner.apply(ctx, batch).await
+    }
+
+    /// Locks are taken on the primary only (through its breaker), never on
+    /// a fallback: while the primary is down, `lock` fails with its error
+    /// or `CircuitOpen`.
+    async fn lock(&self, ctx: &Context, key: &Key, options: LockOptions) -> Result<LockGuard> {
+        let scope = self.inner.scope(Op::Lock, Some(key.as_str()));
+        ctx.check(&scope)?;
+        match self.inner.backends.first() {
+            Some(b) => b.breaker.lock(ctx, key, options).await,
+            None => Err(scope.error(ErrorKind::Unsupported {
+                capability: kvmap_core::Capability::Lock,
+            })),
+        }
     }
 }

@@ -88,6 +88,15 @@ impl KvStore for Switch {
         self.check()?;
         self.inner.apply(ctx, b).await
     }
+    async fn lock(
+        &self,
+        ctx: &Context,
+        key: &Key,
+        o: kvmap_core::LockOptions,
+    ) -> Result<kvmap_core::LockGuard> {
+        self.check()?;
+        self.inner.lock(ctx, key, o).await
+    }
 }
 
 pub(crate) fn key(s: &str) -> Key {

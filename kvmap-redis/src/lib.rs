@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod error;
 mod list;
+mod lock;
 mod scripts;
 mod stale;
 mod store;

@@ -95,6 +95,65 @@ end
 return {'ok'}
 "#;
 
+/// Lock acquire: KEYS[1] = lease, KEYS[2] = fencing counter (same slot);
+/// ARGV = owner id, ttl in ms.
+///
+/// The lease holds `<owner>:<token>`. Replies the token (integer) when the
+/// lease is taken now or was already this owner's (a resent attempt),
+/// nil when another owner holds it. Everything is checked before the first
+/// write (`INCR`), so a refused call changes nothing.
+pub(crate) const LOCK_ACQUIRE: &str = r#"
+local owner, ttl = ARGV[1], tonumber(ARGV[2])
+if owner == '' or string.find(owner, ':', 1, true) or not ttl or ttl < 1 then
+  return redis.error_reply('KVMAP_BADARG lock owner or ttl')
+end
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local sep = string.find(cur, ':', 1, true)
+  local tok = sep and tonumber(string.sub(cur, sep + 1))
+  if not tok then return redis.error_reply('KVMAP_BADDATA lease without owner:token') end
+  if string.sub(cur, 1, sep - 1) == owner then return tok end
+  return false
+end
+local last = redis.call('GET', KEYS[2])
+if last and not string.match(last, '^%d+$') then
+  return redis.error_reply('KVMAP_BADDATA fencing counter is not a number')
+end
+local tok = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], owner .. ':' .. tok, 'PX', ttl)
+return tok
+"#;
+
+/// Lock renew: KEYS[1] = lease; ARGV = owner id, ttl in ms. `PEXPIRE`s the
+/// lease if this owner holds it. Replies 1 (renewed) or 0 (not held).
+pub(crate) const LOCK_RENEW: &str = r#"
+local owner, ttl = ARGV[1], tonumber(ARGV[2])
+if owner == '' or not ttl or ttl < 1 then
+  return redis.error_reply('KVMAP_BADARG lock owner or ttl')
+end
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 0 end
+local sep = string.find(cur, ':', 1, true)
+if not sep then return redis.error_reply('KVMAP_BADDATA lease without owner:token') end
+if string.sub(cur, 1, sep - 1) ~= owner then return 0 end
+redis.call('PEXPIRE', KEYS[1], ttl)
+return 1
+"#;
+
+/// Lock release: KEYS[1] = lease; ARGV = owner id. Deletes the lease if
+/// this owner holds it. Replies 1 (released) or 0 (not held).
+pub(crate) const LOCK_RELEASE: &str = r#"
+local owner = ARGV[1]
+if owner == '' then return redis.error_reply('KVMAP_BADARG lock owner') end
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 0 end
+local sep = string.find(cur, ':', 1, true)
+if not sep then return redis.error_reply('KVMAP_BADDATA lease without owner:token') end
+if string.sub(cur, 1, sep - 1) ~= owner then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"#;
+
 /// The hash fields a read asks for, in order.
 pub(crate) const FIELDS: [&str; 4] = ["v", "r", "c", "e"];
 /// The fields of a keys-only read.

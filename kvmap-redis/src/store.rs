@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use kvmap_core::{
     Batch, BatchOutcome, Capabilities, Consistency, Context, DeleteOptions, Entry, ErrorKind, Key,
-    KvStore, ListPage, ListRequest, Op, PutMode, PutOptions, Result, RetryClass, Revision, Scope,
-    Support, WatchRequest, WatchStream,
+    KvStore, ListPage, ListRequest, LockGuard, LockOptions, Op, PutMode, PutOptions, Result,
+    RetryClass, Revision, Scope, Support, WatchRequest, WatchStream,
 };
 use redis::cluster_routing::{Route, SlotAddr};
 use redis::{Script, Value};
@@ -327,6 +327,12 @@ impl KvStore for RedisStore {
         } else {
             Support::Unsupported
         };
+        // Lock keys live outside the namespace; an empty one has no outside.
+        let lock = if self.inner.cfg.namespace.is_empty() {
+            Support::Unsupported
+        } else {
+            Support::Native
+        };
         Capabilities::all_native()
             .with(kvmap_core::Capability::OrderedList, Support::Emulated)
             .with(kvmap_core::Capability::Watch, watch)
@@ -334,7 +340,7 @@ impl KvStore for RedisStore {
             .with(kvmap_core::Capability::AtomicBatch, Support::Unsupported)
             .with(kvmap_core::Capability::Cas, Support::Emulated)
             .with(kvmap_core::Capability::StaleRead, Support::Emulated)
-            .with(kvmap_core::Capability::Lock, Support::Unsupported)
+            .with(kvmap_core::Capability::Lock, lock)
             .with_limits(self.inner.cfg.limits)
     }
 
@@ -385,6 +391,12 @@ impl KvStore for RedisStore {
 
     async fn watch(&self, ctx: &Context, request: WatchRequest) -> Result<WatchStream> {
         crate::watch::watch(self, ctx, request).await
+    }
+
+    async fn lock(&self, ctx: &Context, key: &Key, options: LockOptions) -> Result<LockGuard> {
+        self.inner.cfg.limits.check_key(key)?;
+        let driver = crate::lock::RedisLocks::new(self.inner.clone(), key)?;
+        kvmap_core::lock::acquire(Arc::new(driver), ctx, key, options).await
     }
 
     async fn get_many(&self, ctx: &Context, keys: &[Key]) -> Result<Vec<Result<Option<Entry>>>> {

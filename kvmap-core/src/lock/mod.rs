@@ -545,7 +545,7 @@ async fn wait_ctx_plain<F: std::future::Future>(
 ) -> Result<F::Output> {
     let deadline = async {
         match ctx.deadline() {
-            Some(d) => tokio::time::sleep_until(d.into()).await,
+            Some(d) => tokio::time::sleep_until(d).await,
             None => std::future::pending().await,
         }
     };

@@ -27,6 +27,8 @@ pub(crate) const CF_META: &str = "meta";
 pub(crate) const META_REVISION: &[u8] = b"revision";
 /// Meta key of the highest revision dropped from the change log.
 pub(crate) const META_COMPACTED: &[u8] = b"compacted";
+/// Meta key of the high-water mark of lock fencing tokens.
+pub(crate) const META_LOCK_TOKENS: &[u8] = b"lock_tokens";
 /// Meta key of the format version.
 pub(crate) const META_FORMAT: &[u8] = b"format";
 /// The format version this code writes and reads.

@@ -5,6 +5,7 @@ mod codec;
 mod config;
 mod db;
 mod error;
+mod lock;
 mod reaper;
 mod store;
 mod txn;

@@ -5,11 +5,13 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use kvmap_core::lock::LocalLocks;
 use kvmap_core::{
     Batch, BatchOp, BatchOutcome, Capabilities, ChangeSource, Context, DeleteOptions, Entry, Key,
     KvStore, ListPage, ListRequest, Op, PutOptions, Result, Revision, Scope, WatchRequest,
     WatchStream,
 };
+use kvmap_core::{LockGuard, LockOptions};
 use rocksdb::ReadOptions;
 
 use crate::config::RocksConfig;
@@ -40,6 +42,7 @@ struct Handle {
     inner: Arc<Inner>,
     control: Arc<Control>,
     reaper: Mutex<Option<JoinHandle<()>>>,
+    locks: Arc<LocalLocks>,
 }
 
 impl Drop for Handle {
@@ -84,6 +87,7 @@ impl RocksStore {
         let thread = reaper::spawn(inner.clone(), control.clone())?;
         Ok(Self {
             handle: Arc::new(Handle {
+                locks: crate::lock::locks(inner.clone()),
                 inner,
                 control,
                 reaper: Mutex::new(Some(thread)),
@@ -342,5 +346,13 @@ impl KvStore for RocksStore {
             }),
         )
         .await
+    }
+
+    /// In-process leases (RocksDB is single-process); fencing tokens
+    /// persist across reopen (see the crate docs).
+    async fn lock(&self, ctx: &Context, key: &Key, options: LockOptions) -> Result<LockGuard> {
+        self.inner().config.limits.check_key(key)?;
+        let driver: Arc<dyn kvmap_core::lock::LockDriver> = self.handle.locks.clone();
+        kvmap_core::lock::acquire(driver, ctx, key, options).await
     }
 }

@@ -59,7 +59,7 @@ pub(crate) async fn run(
     let ctx = || Context::new().with_timeout(timeout);
     match command {
         Command::Tour => crate::tour::run(store).await,
-        Command::Demo(_) => Ok(()),
+        Command::Demo(_) | Command::Lock(_) => Ok(()),
         Command::Get { key, verbose } => {
             match store.get(&ctx(), &Key::new(key)?).await? {
                 Some(e) if verbose => println!("{}", describe(&e)),

@@ -2,6 +2,7 @@
 
 mod commands;
 mod demo;
+mod lock;
 mod tour;
 
 use std::process::ExitCode;
@@ -103,6 +104,22 @@ enum Command {
     },
     /// Show the store's capabilities and limits.
     Info,
+    /// Run a command while holding a lock on KEY.
+    ///
+    /// The command gets the lock's fencing token in KVMAP_FENCING_TOKEN
+    /// (and the key in KVMAP_LOCK_KEY); pass it along with every write to
+    /// a shared resource so the resource can reject a stale holder. The
+    /// lease is renewed in the background; if it is lost, the command gets
+    /// SIGTERM (SIGKILL after --kill-grace).
+    ///
+    /// Exit status: the command's own; 75 if the lock could not be taken
+    /// (held by another holder when --wait ran out); 76 if the lease was
+    /// lost while the command ran (the command was terminated); 1 for
+    /// other errors.
+    #[command(
+        after_help = "example: kvmap --url redis://127.0.0.1:6379 lock jobs/migrate --ttl 15s -- ./migrate.sh"
+    )]
+    Lock(lock::LockArgs),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -112,9 +129,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Demo(args) = cli.command {
-        return demo::run(args).await;
-    }
+    let cli = match cli.command {
+        Command::Demo(args) => return demo::run(args).await,
+        Command::Lock(args) => {
+            return lock::run(&cli.url, &cli.write_policy, cli.outbox.as_deref(), args).await
+        }
+        _ => cli,
+    };
     let result = match commands::open(&cli.url, &cli.write_policy, cli.outbox.as_deref()).await {
         Ok(store) => commands::run(store, cli.command, cli.timeout).await,
         Err(e) => Err(e),

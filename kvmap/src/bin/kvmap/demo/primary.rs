@@ -270,6 +270,15 @@ impl KvStore for FaultLayer {
         self.check().await?;
         self.inner.apply(ctx, b).await
     }
+    async fn lock(
+        &self,
+        ctx: &Context,
+        k: &Key,
+        o: kvmap::LockOptions,
+    ) -> Result<kvmap::LockGuard> {
+        self.check().await?;
+        self.inner.lock(ctx, k, o).await
+    }
 }
 
 /// The primary of the demo and its faults.

@@ -54,6 +54,15 @@ pub(crate) enum TxnOp {
     DeleteCas { key: String, index: u64 },
     /// `check-not-exists`.
     CheckNotExists(String),
+    /// `check-index` on `index`.
+    CheckIndex { key: String, index: u64 },
+    /// `lock` with `session` (Consul's `?acquire=`), setting value and flags.
+    Lock {
+        key: String,
+        value: Bytes,
+        flags: u64,
+        session: String,
+    },
 }
 
 impl TxnOp {
@@ -76,6 +85,17 @@ impl TxnOp {
                 json!({"Verb": "delete-cas", "Key": key, "Index": index})
             }
             TxnOp::CheckNotExists(k) => json!({"Verb": "check-not-exists", "Key": k}),
+            TxnOp::CheckIndex { key, index } => {
+                json!({"Verb": "check-index", "Key": key, "Index": index})
+            }
+            TxnOp::Lock {
+                key,
+                value,
+                flags,
+                session,
+            } => {
+                json!({"Verb": "lock", "Key": key, "Value": b64(value), "Flags": flags, "Session": session})
+            }
         };
         json!({ "KV": kv })
     }

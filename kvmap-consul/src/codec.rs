@@ -115,6 +115,9 @@ pub(crate) struct RawKv {
     pub(crate) create_index: u64,
     #[serde(default)]
     pub(crate) modify_index: u64,
+    /// The session holding the key as a lock, if any.
+    #[serde(default)]
+    pub(crate) session: Option<String>,
 }
 
 /// A decoded Consul entry: the kvmap entry, and whether its TTL has run
@@ -137,6 +140,10 @@ pub(crate) fn decode(
     let Some(user) = raw.key.strip_prefix(key_prefix) else {
         return Ok(None);
     };
+    // Lock keys (kvmap's and `consul lock`'s) are not data.
+    if crate::lock::is_lock_entry(&raw.key, raw.flags) {
+        return Ok(None);
+    }
     let Ok(key) = Key::new(user) else {
         return Ok(None);
     };
@@ -219,6 +226,7 @@ mod tests {
             flags,
             create_index: 3,
             modify_index: 7,
+            session: None,
         };
         let d = decode(raw("p/a", 5), "p/", false, now, Op::Get)
             .unwrap()
@@ -232,6 +240,14 @@ mod tests {
         assert!(decode(raw("p//a", 0), "p/", false, now, Op::Get)
             .unwrap()
             .is_none());
+        // Lock keys are hidden; a data key named `.lock` is not.
+        let lock = crate::lock::LOCK_FLAGS;
+        assert!(decode(raw("p/a/.lock", lock), "p/", false, now, Op::Get)
+            .unwrap()
+            .is_none());
+        assert!(decode(raw("p/a/.lock", 0), "p/", false, now, Op::Get)
+            .unwrap()
+            .is_some());
         let past = expiry_flags(Some(now - Duration::from_secs(1)));
         assert!(
             decode(raw("p/a", past), "p/", false, now, Op::Get)

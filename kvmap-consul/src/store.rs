@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use kvmap_core::{
     Batch, BatchOp, BatchOutcome, Capabilities, Context, DeleteOptions, Entry, ErrorKind, Key,
-    KvStore, Limits, ListPage, ListRequest, Op, PutMode, PutOptions, Result, Revision, Scope,
-    Support, WatchRequest, WatchStream,
+    KvStore, Limits, ListPage, ListRequest, LockGuard, LockOptions, Op, PutMode, PutOptions,
+    Result, Revision, Scope, Support, WatchRequest, WatchStream,
 };
 use reqwest::Method;
 
@@ -26,6 +26,8 @@ use crate::watch::OwnFeed;
 #[derive(Clone)]
 pub struct ConsulStore {
     pub(crate) inner: Arc<Inner>,
+    /// The lock driver (sessions; see the crate docs, "Locks").
+    pub(crate) locks: Arc<crate::lock::ConsulLocks>,
 }
 
 pub(crate) struct Inner {
@@ -69,7 +71,8 @@ impl ConsulStore {
         if let Some(interval) = inner.cfg.reaper_interval {
             crate::reaper::spawn(Arc::downgrade(&inner), interval);
         }
-        Ok(Self { inner })
+        let locks = Arc::new(crate::lock::ConsulLocks::new(inner.clone()));
+        Ok(Self { inner, locks })
     }
 
     /// The configuration.
@@ -337,7 +340,7 @@ impl KvStore for ConsulStore {
             .with(kvmap_core::Capability::OrderedList, Support::Emulated)
             .with(kvmap_core::Capability::Watch, Support::Emulated)
             .with(kvmap_core::Capability::WatchResume, Support::Unsupported)
-            .with(kvmap_core::Capability::Lock, Support::Unsupported)
+            .with(kvmap_core::Capability::Lock, Support::Native)
             .with_limits(Limits {
                 max_key_bytes: 2048,
                 max_value_bytes: self.inner.cfg.max_value_bytes,
@@ -408,6 +411,15 @@ impl KvStore for ConsulStore {
         }
         ctx.check(&self.scope(Op::Watch, None))?;
         crate::watch::start(self.inner.clone(), ctx.clone(), request).await
+    }
+
+    async fn lock(&self, ctx: &Context, key: &Key, options: LockOptions) -> Result<LockGuard> {
+        // The lock key is the key plus `/.lock`: it must fit Consul's limit.
+        self.capabilities()
+            .limits
+            .check_key(key)
+            .map_err(|e| e.in_context(BACKEND, Op::Lock, Some(key.as_str())))?;
+        kvmap_core::lock::acquire(self.locks.clone(), ctx, key, options).await
     }
 
     async fn get_many(&self, ctx: &Context, keys: &[Key]) -> Result<Vec<Result<Option<Entry>>>> {

@@ -28,6 +28,11 @@ fn options() -> SuiteOptions {
         expiry_grace: Duration::from_secs(2),
         event_timeout: Duration::from_secs(10),
         watch_buffer: Some(WATCH_BUFFER),
+        // Consul's shortest session TTL; an unrenewed session is
+        // invalidated up to 2×TTL after its last renewal (TTL + 10 s of
+        // slack), plus margin for the waiter's back-off.
+        lock_ttl: Duration::from_secs(10),
+        lock_grace: Duration::from_secs(12),
         ..SuiteOptions::default()
     }
 }

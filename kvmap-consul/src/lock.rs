@@ -165,7 +165,7 @@ impl ConsulLocks {
     async fn create_session(&self, key: &Key, ttl: Duration) -> Result<String> {
         let body = json!({
             "Name": SESSION_NAME,
-            "TTL": format!("{}ms", ttl.as_millis()),
+            "TTL": ttl_text(ttl),
             "Behavior": "delete",
             "LockDelay": "0s",
             "Checks": [],
@@ -393,6 +393,15 @@ enum Attempt {
     SessionGone,
 }
 
+/// A TTL as Consul's duration text: whole seconds as `10s`, else ms.
+fn ttl_text(ttl: Duration) -> String {
+    if ttl.subsec_millis() == 0 {
+        format!("{}s", ttl.as_secs())
+    } else {
+        format!("{}ms", ttl.as_millis())
+    }
+}
+
 /// Whether the lock entry's value names `owner` (kvmap's lock value).
 fn held_by_owner(raw: &RawKv, owner: &str) -> bool {
     use base64::Engine as _;
@@ -409,9 +418,33 @@ fn held_by_owner(raw: &RawKv, owner: &str) -> bool {
         .is_some_and(|o| o == owner)
 }
 
-/// Destroys a session (with behavior `delete`, its lock key goes with it).
-/// A session Consul no longer knows is not an error.
+/// How long a release keeps retrying a destroy that Consul could not
+/// serve (no leader during an election, an unreachable agent): a few
+/// elections' worth. Destroying is idempotent.
+pub const RELEASE_RETRY: Duration = Duration::from_secs(10);
+
+/// Destroys a session (with behavior `delete`, its lock key goes with it),
+/// retrying transient failures for up to [`RELEASE_RETRY`]. A session
+/// Consul no longer knows is not an error.
 async fn destroy(inner: &Inner, session: &str, key: Option<&Key>) -> Result<()> {
+    let start = Instant::now();
+    let mut nap = Duration::from_millis(100);
+    loop {
+        match destroy_once(inner, session, key).await {
+            Err(e)
+                if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout)
+                    && start.elapsed() + nap < RELEASE_RETRY =>
+            {
+                tracing::debug!(error = %e, "destroying a lock session failed; retrying");
+                tokio::time::sleep(nap).await;
+                nap = (nap * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn destroy_once(inner: &Inner, session: &str, key: Option<&Key>) -> Result<()> {
     inner
         .client
         .send(

@@ -6,6 +6,11 @@
 //! watch across a dev agent restart (which wipes its data and resets its
 //! index: the watch must converge, never lose a change silently).
 //!
+//! Locks: several clients contend for a few lock keys across a leader
+//! kill (mutual exclusion checked in every critical section, time until a
+//! lock is usable again printed), and a holder that stops renewing loses
+//! its lease to the next holder, whose higher fencing token fences it out.
+//!
 //! The cluster and the dev agent start once, on first use, and are healed
 //! after every fault.
 
@@ -25,8 +30,8 @@ use integration_tests::wait::with_timeout;
 use integration_tests::{ConsulCluster, ConsulDev, ConsulOptions};
 use kvmap_consul::{ConsulConfig, ConsulStore};
 use kvmap_core::{
-    Consistency, Context, Entry, Error, ErrorKind, Key, KvStore, KvStoreExt, ListRequest,
-    RetryClass, WatchRequest,
+    Consistency, Context, Entry, Error, ErrorKind, Fence, FencingToken, Key, KvStore, KvStoreExt,
+    ListRequest, LockOptions, RetryClass, WatchRequest,
 };
 
 const WRITERS: usize = 4;
@@ -780,6 +785,247 @@ async fn watch_across_leader_kill(cluster: &ConsulCluster) -> anyhow::Result<()>
     Ok(())
 }
 
+const LOCK_TTL: Duration = Duration::from_secs(10);
+const LOCK_CLIENTS: usize = 6;
+const LOCK_KEYS: usize = 2;
+
+/// One acquisition: when the attempt started, when it got the lock.
+struct Acquired {
+    started: Instant,
+    got: Instant,
+}
+
+#[derive(Default)]
+struct LockTally {
+    acquired: Vec<Acquired>,
+    errors: BTreeMap<String, usize>,
+    /// Critical sections entered while another holder of the same key
+    /// was inside.
+    overlaps: usize,
+    /// Tokens a per-key fence rejected (a holder with a lower token than
+    /// an earlier holder's).
+    fenced_out: usize,
+}
+
+/// A client that takes one of the lock keys, enters its critical section
+/// (checking that it is alone there and that its token passes the key's
+/// fence), and releases, until stopped.
+#[allow(clippy::too_many_arguments)]
+async fn lock_client(
+    store: Arc<ConsulStore>,
+    c: usize,
+    keys: Arc<Vec<Key>>,
+    inside: Arc<Vec<AtomicUsize>>,
+    fences: Arc<Vec<Fence>>,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Mutex<LockTally>>,
+) {
+    let mut n = c;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let i = n % keys.len();
+        let started = Instant::now();
+        let ctx = Context::new().with_timeout(Duration::from_secs(60));
+        match store.lock(&ctx, &keys[i], LockOptions::new(LOCK_TTL)).await {
+            Ok(g) => {
+                let got = Instant::now();
+                let overlap = inside[i].fetch_add(1, Ordering::SeqCst) != 0;
+                let fenced = !fences[i].admit(g.token());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                inside[i].fetch_sub(1, Ordering::SeqCst);
+                {
+                    let mut t = tally.lock().unwrap();
+                    t.acquired.push(Acquired { started, got });
+                    t.overlaps += usize::from(overlap);
+                    t.fenced_out += usize::from(fenced);
+                }
+                if let Err(e) = g.release().await {
+                    *tally
+                        .lock()
+                        .unwrap()
+                        .errors
+                        .entry(format!("release {}", describe(&e)))
+                        .or_default() += 1;
+                }
+            }
+            Err(e) => {
+                *tally
+                    .lock()
+                    .unwrap()
+                    .errors
+                    .entry(format!("lock {}", describe(&e)))
+                    .or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Clients contend for two lock keys; the Raft leader is killed. No two
+/// holders of a key are ever inside at once, fences never reject a holder,
+/// and locks are usable again after the re-election (time printed).
+async fn locks_across_leader_kill(cluster: &ConsulCluster) -> anyhow::Result<()> {
+    let addrs = cluster.http_addrs();
+    let tag = common::run_tag();
+    let keys: Arc<Vec<Key>> = Arc::new(
+        (0..LOCK_KEYS)
+            .map(|i| Key::new(format!("faults/{tag}/lock-{i}")))
+            .collect::<Result<_, _>>()?,
+    );
+    let inside: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..LOCK_KEYS).map(|_| AtomicUsize::new(0)).collect());
+    let fences: Arc<Vec<Fence>> = Arc::new((0..LOCK_KEYS).map(|_| Fence::new()).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally: Arc<Mutex<LockTally>> = Arc::default();
+    let mut clients = Vec::new();
+    for c in 0..LOCK_CLIENTS {
+        // Each client its own store, starting at a different server.
+        let mut mine = addrs.clone();
+        mine.rotate_left(c % addrs.len());
+        let store = Arc::new(ConsulStore::connect(cluster_config(mine)).await?);
+        clients.push(tokio::spawn(lock_client(
+            store,
+            c,
+            keys.clone(),
+            inside.clone(),
+            fences.clone(),
+            stop.clone(),
+            tally.clone(),
+        )));
+    }
+    wait_for("lock handoffs before the kill", WAIT, || async {
+        Ok((tally.lock().unwrap().acquired.len() >= 40).then_some(()))
+    })
+    .await?;
+    let old = cluster.leader().await?;
+    let before = tally.lock().unwrap().acquired.len();
+    let killed = Instant::now();
+    let election = cluster.stop_leader().await?;
+    let res = wait_for("lock handoffs after the kill", WAIT, || async {
+        let t = tally.lock().unwrap();
+        let after = t.acquired.iter().filter(|a| a.started >= killed).count();
+        Ok((after >= 40).then_some(()))
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await?;
+    }
+    let heal = cluster
+        .restart_server(old)
+        .await
+        .context("restart the old leader");
+    let t = std::mem::take(&mut *tally.lock().unwrap());
+    // Usable again: the end of the longest gap between two acquisitions
+    // (of any client, either key) that ends after the kill.
+    let mut gots: Vec<Instant> = t.acquired.iter().map(|a| a.got).collect();
+    gots.sort();
+    let gap = gots
+        .windows(2)
+        .filter(|w| w[1] >= killed)
+        .max_by_key(|w| w[1].saturating_duration_since(w[0]))
+        .map(|w| (w[1].saturating_duration_since(w[0]), w[1]));
+    let usable = gap.map(|(_, end)| end.saturating_duration_since(killed));
+    let gap = gap.map(|(d, _)| d);
+    eprintln!(
+        "[locks leader kill] {LOCK_CLIENTS} clients on {LOCK_KEYS} keys, ttl {LOCK_TTL:?}; \
+         re-election took {:.2}s; acquisitions {} before the kill, {} in all; \
+         mutual-exclusion violations {}; fenced-out tokens {}; \
+         locks usable again {:.2}s after the kill (end of the longest gap between \
+         acquisitions, {:.2}s); errors by kind {:?}",
+        election.as_secs_f64(),
+        before,
+        t.acquired.len(),
+        t.overlaps,
+        t.fenced_out,
+        usable.map_or(f64::NAN, |d| d.as_secs_f64()),
+        gap.map_or(f64::NAN, |d| d.as_secs_f64()),
+        t.errors,
+    );
+    res?;
+    heal?;
+    ensure!(
+        t.overlaps == 0,
+        "{} mutual-exclusion violations",
+        t.overlaps
+    );
+    ensure!(t.fenced_out == 0, "{} holders fenced out", t.fenced_out);
+    ensure!(usable.is_some(), "no lock acquired after the kill");
+    Ok(())
+}
+
+/// A holder that stops renewing: its lost signal fires by its TTL, the
+/// next holder gets the lock (after Consul invalidates the session, within
+/// 2×TTL) with a higher token, and a fence rejects the stale token.
+async fn holder_stops_renewing(cluster: &ConsulCluster) -> anyhow::Result<()> {
+    let store = ConsulStore::connect(cluster_config(cluster.http_addrs())).await?;
+    let next_store = {
+        let mut addrs = cluster.http_addrs();
+        addrs.rotate_left(1);
+        ConsulStore::connect(cluster_config(addrs)).await?
+    };
+    let k = Key::new(format!("faults/{}/stale-holder", common::run_tag()))?;
+    let fence = Fence::new();
+    let a = store
+        .lock(
+            &Context::new(),
+            &k,
+            LockOptions::try_lock(LOCK_TTL).with_auto_renew(false),
+        )
+        .await?;
+    let t0 = Instant::now();
+    ensure!(fence.admit(a.token()), "fence refused the first holder");
+    let waiter = tokio::spawn(async move {
+        let ctx = Context::new().with_timeout(LOCK_TTL * 4);
+        let g = next_store.lock(&ctx, &k, LockOptions::new(LOCK_TTL)).await;
+        (g, Instant::now(), next_store)
+    });
+    tokio::time::timeout(LOCK_TTL + Duration::from_secs(2), a.lost())
+        .await
+        .map_err(|_| anyhow!("the lost signal did not fire within the ttl + 2 s"))?;
+    let lost_after = t0.elapsed();
+    let (b, got, _next_store) = waiter.await?;
+    let b = b.context("the next holder")?;
+    let handoff = got.saturating_duration_since(t0);
+    let stale_admitted = fence.admit(b.token()) && fence.admit(a.token());
+    let renewed = a.renew().await;
+    eprintln!(
+        "[stale holder] lost signal {:.2}s after acquiring ({:?}); next holder got the lock \
+         {:.2}s after the stale holder's acquisition (ttl {LOCK_TTL:?}); tokens {} -> {}; \
+         stale token admitted by the fence: {stale_admitted}; stale renew: {:?}",
+        lost_after.as_secs_f64(),
+        a.lost_reason(),
+        handoff.as_secs_f64(),
+        a.token(),
+        b.token(),
+        renewed.as_ref().map_err(Error::kind),
+    );
+    ensure!(b.token() > a.token(), "next token not above the stale one");
+    ensure!(!stale_admitted, "the fence admitted the stale token");
+    ensure!(
+        matches!(&renewed, Err(e) if e.kind() == ErrorKind::Locked),
+        "stale renew: {renewed:?}"
+    );
+    ensure!(
+        handoff >= LOCK_TTL && handoff <= LOCK_TTL * 2 + Duration::from_secs(3),
+        "handoff after {handoff:?}, outside ttl..2×ttl + 3 s"
+    );
+    // The stale holder's release must not free the new holder's lock.
+    a.release().await?;
+    let busy = store
+        .lock(&Context::new(), b.key(), LockOptions::try_lock(LOCK_TTL))
+        .await;
+    ensure!(
+        matches!(&busy, Err(e) if e.kind() == ErrorKind::Locked),
+        "try-lock after the stale release: {:?}",
+        busy.map(|g| g.token())
+    );
+    ensure!(!b.is_lost(), "the new holder lost its lease");
+    let _: FencingToken = b.token();
+    b.release().await?;
+    Ok(())
+}
+
 struct Env {
     cluster: Lazy<ConsulCluster>,
     dev: Lazy<ConsulDev>,
@@ -800,7 +1046,9 @@ fn main() -> std::process::ExitCode {
         }),
         dev: Lazy::new(ConsulDev::start),
     });
-    let (e1, e2, e3, e4, e5) = (
+    let (e1, e2, e3, e4, e5, e6, e7) = (
+        env.clone(),
+        env.clone(),
         env.clone(),
         env.clone(),
         env.clone(),
@@ -824,6 +1072,18 @@ fn main() -> std::process::ExitCode {
             "consul_cluster_watch_across_leader_kill_converges",
             common::trial(&infra, move || async move {
                 watch_across_leader_kill(e5.cluster.get().await?).await
+            }),
+        ),
+        (
+            "consul_cluster_locks_across_leader_kill_stay_exclusive",
+            common::trial(&infra, move || async move {
+                locks_across_leader_kill(e6.cluster.get().await?).await
+            }),
+        ),
+        (
+            "consul_cluster_lock_holder_that_stops_renewing_is_fenced_out",
+            common::trial(&infra, move || async move {
+                holder_stops_renewing(e7.cluster.get().await?).await
             }),
         ),
         (

@@ -2,7 +2,8 @@
 //! for this binary): the `consul` CLI inside the agent's container reads
 //! what kvmap wrote byte for byte and kvmap reads what the CLI (or another
 //! HTTP client) wrote as normal entries; TTL metadata in `Flags`; external
-//! writes in CAS conflicts and in a running watch; `key_prefix` isolation.
+//! writes in CAS conflicts and in a running watch; `key_prefix` isolation;
+//! kvmap locks and `consul lock` on the same key exclude each other.
 
 #![allow(clippy::unwrap_used)]
 
@@ -936,6 +937,233 @@ async fn key_watch_every_put(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn words(w: &[&str]) -> Vec<String> {
+    w.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Raw JSON of `GET /v1/{path}` on the agent (`None` on 404).
+async fn raw_get(base: &str, path: &str) -> anyhow::Result<Option<serde_json::Value>> {
+    let resp = reqwest::get(format!("{base}/v1/{path}")).await?;
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    ensure!(resp.status().is_success(), "GET {path}: {}", resp.status());
+    Ok(Some(resp.json().await?))
+}
+
+/// The lock key's entry as Consul has it (`Session`, `Flags`), if present.
+async fn lock_entry(base: &str, consul_key: &str) -> anyhow::Result<Option<serde_json::Value>> {
+    Ok(raw_get(base, &format!("kv/{consul_key}"))
+        .await?
+        .and_then(|v| v.as_array().and_then(|a| a.first().cloned())))
+}
+
+/// kvmap sessions ("kvmap lock") the agent knows.
+async fn kvmap_sessions(base: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let all = raw_get(base, "session/list").await?.unwrap_or_default();
+    Ok(all
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|s| s["Name"] == kvmap_consul::SESSION_NAME)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// A kvmap lock on key `K` (store prefix `P`) is `consul lock P+K`'s lock:
+/// each excludes the other, in both directions; the lock key is invisible
+/// to kvmap's data operations; a foreign value at the lock key is never
+/// overwritten; no session is left behind.
+async fn locks_exclude_consul_lock(env: &Env) -> anyhow::Result<()> {
+    let (dev, _, flag, p) = env.setup("lock").await?;
+    let base = dev.http_addr();
+    let store = ConsulStore::connect(config(dev).with_key_prefix(p.clone())).await?;
+    let ctx = Context::new();
+    let ttl = Duration::from_secs(10);
+    let k = Key::new("jobs/migrate")?;
+    let consul_prefix = format!("{p}jobs/migrate");
+    let lock_key = format!("{consul_prefix}/.lock");
+    let consul_lock = |timeout: &'static str, child: Vec<String>| {
+        let node = dev.node();
+        let (flag, prefix) = (flag.clone(), consul_prefix.clone());
+        async move {
+            // The image has no shell: children run directly, and are the
+            // consul binary itself.
+            let mut cmd = vec![
+                "consul",
+                "lock",
+                "-shell=false",
+                flag.as_str(),
+                timeout,
+                prefix.as_str(),
+            ];
+            cmd.extend(child.iter().map(String::as_str));
+            node.exec(&cmd).await
+        }
+    };
+
+    // 1. kvmap holds it: `consul lock` cannot get it.
+    store
+        .put(&ctx, &k, Bytes::from("data"), Default::default())
+        .await?;
+    let g = store
+        .lock(&ctx, &k, kvmap_core::LockOptions::try_lock(ttl))
+        .await?;
+    let entry = lock_entry(&base, &lock_key)
+        .await?
+        .ok_or_else(|| anyhow!("no lock key {lock_key} while kvmap holds the lock"))?;
+    ensure!(
+        entry["Flags"].as_u64() == Some(kvmap_consul::LOCK_FLAGS),
+        "lock key flags: {entry}"
+    );
+    ensure!(
+        entry["ModifyIndex"].as_u64() == Some(g.token().get()),
+        "token {} is not the lock key's ModifyIndex: {entry}",
+        g.token()
+    );
+    let session = entry["Session"].as_str().unwrap_or_default().to_owned();
+    let info = raw_get(&base, &format!("session/info/{session}"))
+        .await?
+        .and_then(|v| v.as_array().and_then(|a| a.first().cloned()))
+        .ok_or_else(|| anyhow!("no session {session}"))?;
+    eprintln!("kvmap lock session: {info}");
+    ensure!(info["Behavior"] == "delete", "behavior: {info}");
+    ensure!(info["LockDelay"].as_u64() == Some(0), "lock delay: {info}");
+    ensure!(info["TTL"] == "10s", "ttl: {info}");
+    let checks = info["Checks"].as_array().map_or(0, Vec::len)
+        + info["NodeChecks"].as_array().map_or(0, Vec::len);
+    ensure!(checks == 0, "the session has health checks: {info}");
+    // Invisible to data operations.
+    let page = store.list(&ctx, &ListRequest::prefix("")).await?;
+    let keys: Vec<String> = page.entries.iter().map(|e| e.key.to_string()).collect();
+    ensure!(keys == vec!["jobs/migrate".to_owned()], "listed {keys:?}");
+    ensure!(
+        store
+            .get(&ctx, &Key::new("jobs/migrate/.lock")?)
+            .await?
+            .is_none(),
+        "get shows the lock key"
+    );
+    let (code, out, err) = consul_lock("-timeout=2s", words(&["consul", "version"])).await?;
+    ensure!(
+        code != 0,
+        "consul lock got a lock kvmap holds: exit {code} {out:?} {err:?}"
+    );
+    eprintln!("consul lock while kvmap holds: exit {code}, {}", err.trim());
+    ensure!(!g.is_lost(), "kvmap lost its lease to consul lock");
+    let first = g.token();
+    g.release().await?;
+    ensure!(
+        lock_entry(&base, &lock_key).await?.is_none(),
+        "the lock key is left after the release"
+    );
+
+    // 2. Released: `consul lock` gets it at once.
+    let (code, out, err) = consul_lock("-timeout=5s", words(&["consul", "version"])).await?;
+    ensure!(
+        code == 0 && out.contains("Consul v"),
+        "consul lock after the release: exit {code} {out:?} {err:?}"
+    );
+
+    // 3. `consul lock` holds it: kvmap waits, then gets it with a higher token.
+    // The holder's child waits 4 s for another lock kvmap holds (there is
+    // no `sleep` in the image), then exits.
+    let blocker = store
+        .lock(
+            &ctx,
+            &Key::new("jobs/blocker")?,
+            kvmap_core::LockOptions::try_lock(ttl),
+        )
+        .await?;
+    let blocker_prefix = format!("{p}jobs/blocker");
+    let child = words(&[
+        "consul",
+        "lock",
+        "-shell=false",
+        &flag,
+        "-timeout=4s",
+        &blocker_prefix,
+        "consul",
+        "version",
+    ]);
+    let holder = consul_lock("-timeout=5s", child);
+    let kvmap_side = async {
+        wait_for(
+            "consul lock to hold the key",
+            Duration::from_secs(8),
+            || async {
+                let e = lock_entry(&base, &lock_key).await?;
+                Ok(
+                    e.filter(|e| e["Session"].as_str().is_some_and(|s| !s.is_empty()))
+                        .map(|_| ()),
+                )
+            },
+        )
+        .await?;
+        let busy = store
+            .lock(&ctx, &k, kvmap_core::LockOptions::try_lock(ttl))
+            .await;
+        ensure!(
+            matches!(&busy, Err(e) if e.kind() == ErrorKind::Locked),
+            "kvmap try-lock while consul lock holds: {:?}",
+            busy.map(|g| g.token())
+        );
+        let started = std::time::Instant::now();
+        let wait_ctx = Context::new().with_timeout(Duration::from_secs(30));
+        let g = store
+            .lock(&wait_ctx, &k, kvmap_core::LockOptions::new(ttl))
+            .await?;
+        Ok::<_, anyhow::Error>((g, started.elapsed()))
+    };
+    let (held, got) = tokio::join!(holder, kvmap_side);
+    let (code, _, err) = held?;
+    let (g, waited) = got?;
+    blocker.release().await?;
+    ensure!(
+        code == 0,
+        "consul lock holding for 4 s: exit {code} {err:?}"
+    );
+    ensure!(g.token() > first, "token {} not above {first}", g.token());
+    eprintln!(
+        "kvmap waited {:.2}s for `consul lock` (holding for 4 s) to finish",
+        waited.as_secs_f64()
+    );
+    g.release().await?;
+
+    // 4. A value at the lock key that is not a lock is never overwritten.
+    let cli = Cli::new(dev.node(), &flag);
+    let data_lock = format!("{p}data/.lock");
+    cli.kv_ok("put", &[&data_lock, "not a lock"]).await?;
+    let e = store
+        .lock(
+            &ctx,
+            &Key::new("data")?,
+            kvmap_core::LockOptions::try_lock(ttl),
+        )
+        .await
+        .err()
+        .ok_or_else(|| anyhow!("locked over a data key"))?;
+    ensure!(e.kind() == ErrorKind::InvalidData, "lock over data: {e}");
+    ensure!(
+        cli.get_bytes(&data_lock).await?.as_deref() == Some(&b"not a lock"[..]),
+        "the data at the lock key changed"
+    );
+    // A data key named `.lock` (not a lock's flags) reads back as data.
+    ensure!(
+        store.get(&ctx, &Key::new("data/.lock")?).await?.is_some(),
+        "a data key named .lock is hidden"
+    );
+
+    // 5. No kvmap session left behind (pending ones go after PENDING_IDLE).
+    wait_for("kvmap lock sessions to be destroyed", WAIT, || async {
+        Ok(kvmap_sessions(&base).await?.is_empty().then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let infra = Arc::new(common::runtime());
     if let Some(code) = common::skip_without_docker(&infra) {
@@ -985,6 +1213,10 @@ fn main() -> std::process::ExitCode {
         t!(
             "consul_interop_ttl_entry_rewritten_by_cli_is_kept",
             ttl_vs_external_rewrite
+        ),
+        t!(
+            "consul_interop_kvmap_lock_and_consul_lock_exclude_each_other",
+            locks_exclude_consul_lock
         ),
     ];
     let code = common::run_trials(trials);

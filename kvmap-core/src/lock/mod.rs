@@ -453,6 +453,8 @@ pub fn check_options(driver: &dyn LockDriver, key: &Key, options: &LockOptions) 
 /// An attempt still in flight when the context fires is left to finish in
 /// the background and its lease, if it got one, is released: a failed call
 /// never leaves a lease behind (beyond, at worst, its TTL).
+/// A call whose future is dropped mid-attempt (rather than stopped through
+/// its context) may leave a lease that expires by its TTL.
 ///
 /// # Errors
 /// `InvalidArgument` for a TTL outside the backend's range; `Locked` when
@@ -475,28 +477,39 @@ pub async fn acquire(
         (options.ttl / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
     loop {
         let sent = Instant::now();
-        let attempt = {
-            let driver = driver.clone();
-            let key = key.clone();
-            let owner = owner.clone();
-            tokio::spawn(async move { driver.try_acquire(&key, &owner, options.ttl).await })
-        };
-        let got = match wait_ctx(ctx, &scope, attempt).await {
-            Ok(got) => got?,
-            Err((e, attempt)) => {
-                // Let the attempt finish and give back what it took.
+        if ctx.deadline().is_none() && ctx.cancel_token().is_none() {
+            // Nothing can interrupt the attempt: no task hop needed.
+            let got = driver
+                .try_acquire(key, &owner, options.ttl)
+                .await
+                .map_err(|e| e.in_context(scope.backend, scope.op, scope.key))?;
+            if let Some(lease) = got {
+                return Ok(start(driver, key.clone(), lease, options, sent));
+            }
+        } else {
+            let attempt = {
                 let driver = driver.clone();
                 let key = key.clone();
-                tokio::spawn(async move {
-                    if let Ok(Ok(Some(lease))) = attempt.await {
-                        let _ = driver.release(&key, &lease).await;
-                    }
-                });
-                return Err(e);
+                let owner = owner.clone();
+                tokio::spawn(async move { driver.try_acquire(&key, &owner, options.ttl).await })
+            };
+            let got = match wait_ctx(ctx, &scope, attempt).await {
+                Ok(got) => got?,
+                Err((e, attempt)) => {
+                    // Let the attempt finish and give back what it took.
+                    let driver = driver.clone();
+                    let key = key.clone();
+                    tokio::spawn(async move {
+                        if let Ok(Ok(Some(lease))) = attempt.await {
+                            let _ = driver.release(&key, &lease).await;
+                        }
+                    });
+                    return Err(e);
+                }
+            };
+            if let Some(lease) = got {
+                return Ok(start(driver, key.clone(), lease, options, sent));
             }
-        };
-        if let Some(lease) = got {
-            return Ok(start(driver, key.clone(), lease, options, sent));
         }
         let now = Instant::now();
         if wait_until.is_some_and(|w| now >= w) {

@@ -6,14 +6,17 @@
 //! `KVMAP_BENCH_REDIS_URLS` (comma-separated). Besides criterion's groups
 //! (get/put at concurrency 1 and 64, kvmap vs raw), it prints the batch
 //! throughput of 10k-key `get_many`/`apply` next to `redis-benchmark -P 64`
-//! on the same cluster, and the watch latency p50/p99.
+//! on the same cluster, the watch latency p50/p99, and the lock figures:
+//! uncontended acquire+release latency as a ratio to one `get` round trip
+//! (kvmap `get` and raw `GET`, same cluster, same run), and contended
+//! handoffs per second (4 tasks taking turns on one key).
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::Criterion;
 use futures::StreamExt;
-use kvmap_core::{Batch, Context, Key, KvStore, KvStoreExt, WatchEvent, WatchRequest};
+use kvmap_core::{Batch, Context, Key, KvStore, KvStoreExt, LockOptions, WatchEvent, WatchRequest};
 use kvmap_redis::{RedisConfig, RedisStore};
 use redis::AsyncCommands;
 
@@ -227,6 +230,109 @@ fn watch_latency(rt: &tokio::runtime::Runtime, store: &RedisStore) {
     );
 }
 
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
+}
+
+fn lock_figures(
+    rt: &tokio::runtime::Runtime,
+    store: &RedisStore,
+    raw: &redis::cluster_async::ClusterConnection,
+) {
+    const N: usize = 1000;
+    const TASKS: usize = 4;
+    let ctx = Context::new();
+    let key = Key::new("bench/lock").expect("key");
+    let data = Key::new("bench/k").expect("key");
+    let ttl = Duration::from_secs(10);
+    let (mut lock, mut get, mut raw_get) = rt.block_on(async {
+        // Warm-up: scripts loaded, connections up.
+        for _ in 0..50 {
+            let g = store
+                .lock(&ctx, &key, LockOptions::try_lock(ttl))
+                .await
+                .expect("lock");
+            g.release().await.expect("release");
+            store.get(&ctx, &data).await.expect("get");
+        }
+        let (mut lock, mut get, mut raw_get) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..N {
+            let t = Instant::now();
+            let g = store
+                .lock(&ctx, &key, LockOptions::try_lock(ttl))
+                .await
+                .expect("lock");
+            g.release().await.expect("release");
+            lock.push(t.elapsed());
+            let t = Instant::now();
+            store.get(&ctx, &data).await.expect("get");
+            get.push(t.elapsed());
+            let t = Instant::now();
+            let mut r = raw.clone();
+            let _: Vec<u8> = r.get("raw:bench/k").await.expect("raw get");
+            raw_get.push(t.elapsed());
+        }
+        (lock, get, raw_get)
+    });
+    lock.sort();
+    get.sort();
+    raw_get.sort();
+    let (l50, g50, r50) = (
+        percentile(&lock, 0.5),
+        percentile(&get, 0.5),
+        percentile(&raw_get, 0.5),
+    );
+    println!(
+        "lock uncontended acquire+release: p50 {l50:?}, p99 {:?}; kvmap get p50 {g50:?}, raw GET p50 {r50:?}; \
+         ratio acquire+release / get = {:.2}, / raw GET = {:.2}",
+        percentile(&lock, 0.99),
+        l50.as_secs_f64() / g50.as_secs_f64(),
+        l50.as_secs_f64() / r50.as_secs_f64(),
+    );
+    let window = Duration::from_secs(5);
+    // Who held the lock last: an acquisition by another task is a handoff.
+    let last = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+    let switches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (acquisitions, elapsed) = rt.block_on(async {
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|id| {
+                let (store, key) = (store.clone(), key.clone());
+                let (last, switches) = (last.clone(), switches.clone());
+                tokio::spawn(async move {
+                    let ctx = Context::new();
+                    let mut n = 0usize;
+                    while t.elapsed() < window {
+                        let g = store
+                            .lock(&ctx, &key, LockOptions::new(ttl))
+                            .await
+                            .expect("lock");
+                        n += 1;
+                        if last.swap(id, std::sync::atomic::Ordering::SeqCst) != id {
+                            switches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        g.release().await.expect("release");
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for task in tasks {
+            total += task.await.expect("task");
+        }
+        (total, t.elapsed())
+    });
+    let secs = elapsed.as_secs_f64();
+    let handoffs = switches.load(std::sync::atomic::Ordering::SeqCst);
+    println!(
+        "lock contended ({TASKS} tasks, one key, waiting with the core's back-off): {:.0} acquisitions/s, \
+         {:.0} handoffs/s to another task ({acquisitions} acquisitions, {handoffs} handoffs in {secs:.1}s)",
+        acquisitions as f64 / secs,
+        handoffs as f64 / secs,
+    );
+}
+
 fn main() {
     let rt = runtime();
     let (urls, guard) = match std::env::var("KVMAP_BENCH_REDIS_URLS") {
@@ -271,6 +377,7 @@ fn main() {
         .expect("connect");
     batch_throughput(&rt, &store, &quiet, port);
     watch_latency(&rt, &store);
+    lock_figures(&rt, &store, &raw);
     drop(store);
     rt.block_on(async move { drop(guard) });
 }

@@ -359,6 +359,14 @@ mod tests {
     }
 
     #[test]
+    fn documented_layout() {
+        let k = LockKeys::of("kvmap:users/ada", "users/ada").unwrap();
+        assert_eq!(key_slot(b"kvmap:users/ada"), 8485);
+        assert_eq!(k.lease, "{10789}__kvmap_lock:kvmap:users/ada");
+        assert_eq!(k.fence, "{10789}__kvmap_fence:kvmap:users/ada");
+    }
+
+    #[test]
     fn ttl_rounds_up() {
         assert_eq!(ttl_ms(Duration::from_millis(10)), 10);
         assert_eq!(ttl_ms(Duration::from_micros(10_001)), 11);

@@ -452,12 +452,96 @@ fn check(f: &Facts) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Lock keys never surface in data operations: a watch of everything sees
+/// no event for a taken, expired or released lease, and `list` /
+/// `get_many` of the whole namespace show only the data key.
+async fn lock_keys_invisible() -> anyhow::Result<()> {
+    let cluster = RedisCluster::start().await?;
+    let store = RedisStore::connect(config(&cluster, false)).await?;
+    let ctx = Context::new();
+    let data = Key::new("inv/data")?;
+    let locked = Key::new("inv/locked")?;
+    let mut events = store
+        .watch(&ctx, kvmap_core::WatchRequest::prefix(""))
+        .await?;
+    // The watch is live: this put is its first event.
+    kvmap_core::KvStoreExt::set(&store, &ctx, &data, "v").await?;
+    let first = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures::StreamExt::next(&mut events),
+    )
+    .await
+    .context("no event for the put")?;
+    ensure!(
+        matches!(&first, Some(Ok(kvmap_core::WatchEvent::Put { entry, .. })) if entry.key == data),
+        "first event: {first:?}"
+    );
+    // A lease that expires on the server (keyspace expiry notification),
+    // one that is released, one still held.
+    let short = store
+        .lock(
+            &ctx,
+            &locked,
+            LockOptions::try_lock(Duration::from_millis(50)).with_auto_renew(false),
+        )
+        .await?;
+    short.abandon();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let released = store
+        .lock(&ctx, &locked, LockOptions::try_lock(TTL))
+        .await?;
+    released.release().await?;
+    let held = store
+        .lock(&ctx, &locked, LockOptions::try_lock(TTL))
+        .await?;
+    // Only resyncs (the cluster watch resyncs when the slot map it polls
+    // changes, e.g. while a new cluster settles) may arrive, holding the
+    // data key alone.
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    let mut resyncs = 0;
+    while let Ok(ev) = tokio::time::timeout_at(until, futures::StreamExt::next(&mut events)).await {
+        match ev {
+            Some(Ok(kvmap_core::WatchEvent::Resync { entries, .. }))
+                if entries.iter().all(|e| e.key == data) =>
+            {
+                resyncs += 1;
+            }
+            other => return Err(anyhow!("the watch saw lock traffic: {other:?}")),
+        }
+    }
+    let page = store
+        .list(&ctx, &kvmap_core::ListRequest::prefix(""))
+        .await?;
+    let keys: Vec<_> = page.entries.iter().map(|e| e.key.clone()).collect();
+    ensure!(keys == vec![data.clone()], "listed: {keys:?}");
+    let got = store
+        .get_many(&ctx, &[data.clone(), locked.clone()])
+        .await?;
+    ensure!(
+        matches!(&got[0], Ok(Some(_))) && matches!(&got[1], Ok(None)),
+        "get_many: {got:?}"
+    );
+    ensure!(
+        store.get(&ctx, &locked).await?.is_none(),
+        "a locked key without data has data"
+    );
+    held.release().await?;
+    eprintln!(
+        "[lock keys] no watch event, list entry or get_many value from taken, expired, released or held leases ({resyncs} resyncs with the data key only)"
+    );
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let infra = Arc::new(common::runtime());
     if let Some(code) = common::skip_without_docker(&infra) {
         return code;
     }
     let trials = vec![
+        (
+            "lock_keys_invisible_to_watch_list_get_many",
+            common::trial(&infra, lock_keys_invisible),
+        ),
         (
             "lock_failover_plain",
             common::trial(&infra, || async {

@@ -8,7 +8,7 @@
 //! | key | content | expiry |
 //! | --- | --- | --- |
 //! | `{T}__kvmap_lock:<namespace><key>` | the lease: `<owner id>:<token>` | `PX` = the lock's TTL |
-//! | `{T}__kvmap_fence:<namespace><key>` | the fencing counter (`INCR`) | never |
+//! | `{T}__kvmap_fence:<namespace><key>` | the fencing counter: the last token, `max(last + 1, server time in µs)` | never |
 //!
 //! `T` is a decimal hash tag whose CRC16 slot is the data key's slot, so
 //! the two keys sit on the master of the data key (one script touches
@@ -21,7 +21,7 @@
 //!
 //! Every call is one script (`EVALSHA`), see `scripts::LOCK_*`: acquire
 //! returns the stored token when the lease is already this owner's (a
-//! resent attempt) and otherwise takes a free lease with a fresh `INCR`;
+//! resent attempt) and otherwise takes a free lease with a fresh token;
 //! renew and release only touch a lease whose owner matches. With durable
 //! writes, a taken or renewed lease is followed by `WAIT` on the same
 //! connection and slot, as for data writes.
@@ -145,7 +145,7 @@ fn ttl_ms(ttl: Duration) -> u64 {
 }
 
 /// The [`LockDriver`] of a [`RedisStore`](crate::RedisStore): leases as
-/// `PX` keys, fencing tokens from a per-key `INCR` counter, both in the
+/// `PX` keys, fencing tokens from a per-key counter, both in the
 /// data key's slot. See the module docs for the layout. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct RedisLocks {

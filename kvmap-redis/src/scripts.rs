@@ -101,7 +101,8 @@ return {'ok'}
 /// The lease holds `<owner>:<token>`. Replies the token (integer) when the
 /// lease is taken now or was already this owner's (a resent attempt),
 /// nil when another owner holds it. Everything is checked before the first
-/// write (`INCR`), so a refused call changes nothing.
+/// write, so a refused call changes nothing. The token is
+/// `max(counter + 1, server time in µs)` (see the crate docs, *Locks*).
 pub(crate) const LOCK_ACQUIRE: &str = r#"
 local owner, ttl = ARGV[1], tonumber(ARGV[2])
 if owner == '' or string.find(owner, ':', 1, true) or not ttl or ttl < 1 then
@@ -119,8 +120,16 @@ local last = redis.call('GET', KEYS[2])
 if last and not string.match(last, '^%d+$') then
   return redis.error_reply('KVMAP_BADDATA fencing counter is not a number')
 end
-local tok = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], owner .. ':' .. tok, 'PX', ttl)
+-- max(last + 1, server time in us): strictly increasing while the counter
+-- survives, and still increasing after a failover that lost the counter's
+-- last write, unless the new master's clock is behind the old one's by more
+-- than the time since that token was handed out.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tok = math.max((tonumber(last) or 0) + 1, now)
+local s = string.format('%.0f', tok)
+redis.call('SET', KEYS[2], s)
+redis.call('SET', KEYS[1], owner .. ':' .. s, 'PX', ttl)
 return tok
 "#;
 

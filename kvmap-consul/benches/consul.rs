@@ -11,6 +11,12 @@
 //! like kvmap. After criterion, an interleaved pass prints the ratio
 //! kvmap / raw of each operation (median of alternating rounds, so drift
 //! of the shared machine hits both sides alike).
+//!
+//! Locks (printed at the end): an uncontended acquire + release against
+//! one `get` round trip (interleaved the same way), contended handoffs per
+//! second (4 tasks, one key), and the time from a holder that stops
+//! renewing to the next acquisition (Consul invalidates an unrenewed
+//! session up to 2×TTL after its last renewal).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -19,7 +25,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use criterion::Criterion;
 use kvmap_consul::{ConsulConfig, ConsulStore};
-use kvmap_core::{Batch, Context, Key, KvStore, KvStoreExt, ListRequest};
+use kvmap_core::{Batch, Context, Key, KvStore, KvStoreExt, ListRequest, LockOptions};
 use serde::Deserialize;
 
 const VALUE_BYTES: usize = 100;
@@ -670,6 +676,110 @@ fn watch_latency(rt: &tokio::runtime::Runtime, fx: &Fixture) {
     }
 }
 
+const LOCK_TTL: Duration = Duration::from_secs(10);
+const LOCK_TASKS: usize = 4;
+
+fn lock_figures(rt: &tokio::runtime::Runtime, fx: &Fixture) {
+    let ctx = Context::new();
+    let key = Key::new("bench/kvmap/lock/uncontended").expect("key");
+    println!("\nlocks (ttl {LOCK_TTL:?}):");
+    ratio(
+        rt,
+        "lock+release",
+        50,
+        || async {
+            let g = fx
+                .store
+                .lock(&ctx, &key, LockOptions::try_lock(LOCK_TTL))
+                .await
+                .expect("lock");
+            g.release().await.expect("release");
+        },
+        || async {
+            fx.store.get(&ctx, &fx.key).await.expect("get");
+        },
+    );
+    println!("             (ratio: one uncontended acquire + release / one kvmap get round trip)");
+
+    // Contended: 4 tasks hand one key to each other for 5 s.
+    let hot = Key::new("bench/kvmap/lock/contended").expect("key");
+    let run = Duration::from_secs(5);
+    let (handoffs, took) = rt.block_on(async {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..LOCK_TASKS)
+            .map(|_| {
+                let (store, hot) = (fx.store.clone(), hot.clone());
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    let ctx = Context::new().with_timeout(Duration::from_secs(60));
+                    while start.elapsed() < run {
+                        let g = store
+                            .lock(&ctx, &hot, LockOptions::new(LOCK_TTL))
+                            .await
+                            .expect("contended lock");
+                        g.release().await.expect("release");
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.expect("join");
+        }
+        (total, start.elapsed())
+    });
+    println!(
+        "contended    {LOCK_TASKS} tasks, one key: {handoffs} acquisitions in {:.1}s = {:.0} handoffs/s",
+        took.as_secs_f64(),
+        handoffs as f64 / took.as_secs_f64()
+    );
+
+    // A holder that stops renewing: how long until the next holder gets in.
+    for trial in 0..2 {
+        let k = Key::new(format!("bench/kvmap/lock/lost-{trial}")).expect("key");
+        let (since_acquire, since_lost) = rt.block_on(async {
+            let a = fx
+                .store
+                .lock(
+                    &ctx,
+                    &k,
+                    LockOptions::try_lock(LOCK_TTL).with_auto_renew(false),
+                )
+                .await
+                .expect("lock");
+            let t0 = Instant::now();
+            let waiter = {
+                let (store, k) = (fx.store.clone(), k.clone());
+                tokio::spawn(async move {
+                    let ctx = Context::new().with_timeout(LOCK_TTL * 4);
+                    let g = store
+                        .lock(&ctx, &k, LockOptions::new(LOCK_TTL))
+                        .await
+                        .expect("next holder");
+                    (g, Instant::now())
+                })
+            };
+            a.lost().await;
+            let lost_at = Instant::now();
+            let (b, got) = waiter.await.expect("join");
+            assert!(b.token() > a.token(), "token did not increase");
+            b.release().await.expect("release");
+            (
+                got.saturating_duration_since(t0),
+                got.saturating_duration_since(lost_at),
+            )
+        });
+        println!(
+            "holder loss  trial {trial}: next acquisition {:.2}s after the last renewal \
+             (the holder's lost signal fired at the ttl; {:.2}s after it)",
+            since_acquire.as_secs_f64(),
+            since_lost.as_secs_f64()
+        );
+    }
+}
+
 fn main() {
     let rt = runtime();
     // The harness's containers are removed on drop, which needs a runtime
@@ -704,6 +814,7 @@ fn main() {
     ratios(&rt, &fx);
     list_10k(&rt, &fx);
     watch_latency(&rt, &fx);
+    lock_figures(&rt, &fx);
     drop(fx);
     rt.block_on(async move { drop(guard) });
 }

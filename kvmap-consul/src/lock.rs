@@ -85,6 +85,8 @@ pub(crate) fn is_lock_entry(consul_key: &str, flags: u64) -> bool {
 struct Pending {
     session: String,
     last_used: Instant,
+    /// When the session was created or last renewed (request sent).
+    renewed_at: Instant,
     in_flight: usize,
 }
 
@@ -209,15 +211,43 @@ impl ConsulLocks {
     }
 
     /// The owner's pending session, created on its first free-looking
-    /// attempt; marks it in flight.
-    async fn session_for(&self, key: &Key, owner: &str, ttl: Duration) -> Result<String> {
-        if let Some(p) = self.table().get_mut(owner) {
+    /// attempt, and renewed before reuse once a third of its TTL has
+    /// passed (so a lock taken with it has at least the full TTL on the
+    /// server, as the core assumes from the attempt on). Marks it in
+    /// flight (`marked`).
+    async fn session_for(
+        &self,
+        key: &Key,
+        owner: &str,
+        ttl: Duration,
+        marked: &mut bool,
+    ) -> Result<String> {
+        let reuse = self.table().get_mut(owner).map(|p| {
             p.in_flight += 1;
             p.last_used = Instant::now();
-            return Ok(p.session.clone());
+            (p.session.clone(), p.renewed_at.elapsed() >= ttl / 3)
+        });
+        if let Some((session, stale)) = reuse {
+            *marked = true;
+            if !stale {
+                return Ok(session);
+            }
+            let sent = Instant::now();
+            if renew_session(&self.inner, &session, key).await? {
+                if let Some(p) = self.table().get_mut(owner) {
+                    p.renewed_at = sent;
+                }
+                return Ok(session);
+            }
+            // Consul dropped it (it was never renewed while waiting):
+            // start over with a new one.
+            *marked = false;
+            self.table().remove(owner);
         }
+        let sent = Instant::now();
         let session = self.create_session(key, ttl).await?;
         let mut table = self.table();
+        *marked = true;
         if let Some(p) = table.get_mut(owner) {
             // A concurrent attempt of the same owner made one first.
             p.in_flight += 1;
@@ -232,6 +262,7 @@ impl ConsulLocks {
             Pending {
                 session: session.clone(),
                 last_used: Instant::now(),
+                renewed_at: sent,
                 in_flight: 1,
             },
         );
@@ -241,13 +272,16 @@ impl ConsulLocks {
     }
 
     /// Ends an attempt: `took` true hands the session to the lease,
-    /// `gone` true forgets a session Consul no longer knows.
-    fn attempt_done(&self, owner: &str, took: bool, gone: bool) {
+    /// `gone` true forgets a session Consul no longer knows; `marked`:
+    /// the attempt counted itself in flight.
+    fn attempt_done(&self, owner: &str, took: bool, gone: bool, marked: bool) {
         let mut table = self.table();
         if took || gone {
             table.remove(owner);
         } else if let Some(p) = table.get_mut(owner) {
-            p.in_flight = p.in_flight.saturating_sub(1);
+            if marked {
+                p.in_flight = p.in_flight.saturating_sub(1);
+            }
             p.last_used = Instant::now();
         }
     }
@@ -298,6 +332,7 @@ impl ConsulLocks {
         lock_key: &str,
         owner: &str,
         ttl: Duration,
+        marked: &mut bool,
     ) -> Result<Attempt> {
         let current = self.read_lock(lock_key, key).await?;
         let guard = match &current {
@@ -330,7 +365,7 @@ impl ConsulLocks {
             }
             None => TxnOp::CheckNotExists(lock_key.to_owned()),
         };
-        let session = self.session_for(key, owner, ttl).await?;
+        let session = self.session_for(key, owner, ttl, marked).await?;
         let value = json!({ "kvmap": "lock", "owner": owner }).to_string();
         let ops = [
             guard,
@@ -371,6 +406,21 @@ impl ConsulLocks {
                 }
             }
             Ok(TxnOutcome::Failed(errors)) => {
+                // An ACL refusal is an error, not "held" (waiting would
+                // never end).
+                let acl: Vec<(usize, String)> = errors
+                    .iter()
+                    .filter(|(_, what)| {
+                        let w = what.to_ascii_lowercase();
+                        w.contains("permission denied")
+                            || w.contains("acl not found")
+                            || w.contains("token not found")
+                    })
+                    .cloned()
+                    .collect();
+                if let Some(e) = crate::batch::refusal(&acl, Op::Lock, Some(key.as_str())) {
+                    return Err(e);
+                }
                 if errors
                     .iter()
                     .any(|(_, what)| what.to_ascii_lowercase().contains("invalid session"))
@@ -416,6 +466,28 @@ fn held_by_owner(raw: &RawKv, owner: &str) -> bool {
         .ok()
         .and_then(|v| v.owner)
         .is_some_and(|o| o == owner)
+}
+
+/// Renews a session: `false` if Consul no longer knows it (404, or an
+/// empty answer).
+async fn renew_session(inner: &Inner, session: &str, key: &Key) -> Result<bool> {
+    let ans = inner
+        .client
+        .send(
+            Method::PUT,
+            &format!("session/renew/{}", session_path(session)),
+            &[],
+            None,
+            inner.cfg.request_timeout,
+            Op::Lock,
+            Some(key.as_str()),
+        )
+        .await?;
+    if ans.status == 404 {
+        return Ok(false);
+    }
+    let sessions: Vec<serde_json::Value> = serde_json::from_slice(&ans.body).unwrap_or_default();
+    Ok(!sessions.is_empty())
 }
 
 /// How long a release keeps retrying a destroy that Consul could not
@@ -479,47 +551,30 @@ impl LockDriver for ConsulLocks {
 
     async fn try_acquire(&self, key: &Key, owner: &str, ttl: Duration) -> Result<Option<Lease>> {
         let lock_key = self.lock_key(key);
-        let res = self.attempt(key, &lock_key, owner, ttl).await;
+        let mut marked = false;
+        let res = self.attempt(key, &lock_key, owner, ttl, &mut marked).await;
         match res {
             Ok(Attempt::Took(lease)) => {
-                self.attempt_done(owner, true, false);
+                self.attempt_done(owner, true, false, marked);
                 Ok(Some(lease))
             }
             Ok(Attempt::Held) => {
-                self.attempt_done(owner, false, false);
+                self.attempt_done(owner, false, false, marked);
                 Ok(None)
             }
             Ok(Attempt::SessionGone) => {
-                self.attempt_done(owner, false, true);
+                self.attempt_done(owner, false, true, marked);
                 Ok(None)
             }
             Err(e) => {
-                self.attempt_done(owner, false, false);
+                self.attempt_done(owner, false, false, marked);
                 Err(e)
             }
         }
     }
 
     async fn renew(&self, key: &Key, lease: &Lease, _ttl: Duration) -> Result<bool> {
-        let ans = self
-            .inner
-            .client
-            .send(
-                Method::PUT,
-                &format!("session/renew/{}", session_path(&lease.handle)),
-                &[],
-                None,
-                self.inner.cfg.request_timeout,
-                Op::Lock,
-                Some(key.as_str()),
-            )
-            .await?;
-        if ans.status == 404 {
-            return Ok(false);
-        }
-        let sessions: Vec<serde_json::Value> =
-            serde_json::from_slice(&ans.body).unwrap_or_default();
-        if sessions.is_empty() {
+        if !renew_session(&self.inner, &lease.handle, key).await? {
             return Ok(false);
         }
         // Still ours? (A session can outlive its key: an operator may

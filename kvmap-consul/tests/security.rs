@@ -284,6 +284,44 @@ async fn read_only_token(acl: &ConsulAcl, tag: &str) -> anyhow::Result<()> {
             }
         }
     }
+    // A lock needs `session:write` (and key write on the lock key): refused
+    // at the session create, typed, nothing left behind.
+    refused(
+        "lock",
+        ro.lock(
+            &ctx,
+            &Key::new("locked")?,
+            kvmap_core::LockOptions::try_lock(Duration::from_secs(10)),
+        )
+        .await
+        .map(drop),
+    );
+    // With `session:write` but only key read, the lock txn is refused.
+    let session_rules = format!(
+        r#"key_prefix "{prefix}" {{ policy = "read" }}
+session_prefix "" {{ policy = "write" }}"#
+    );
+    let session_token = make_token(acl, &format!("kvmap-ro-session-{tag}"), &session_rules).await?;
+    let ro_session = ConsulStore::connect(
+        config(acl.http_addr())
+            .with_token(session_token.clone())
+            .with_key_prefix(prefix.clone()),
+    )
+    .await?;
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        ro_session.lock(
+            &ctx,
+            &Key::new("locked")?,
+            kvmap_core::LockOptions::try_lock(Duration::from_secs(10)),
+        ),
+    )
+    .await
+    .map_err(|_| anyhow!("a lock refused by the acl waited instead of failing"))?;
+    if let Err(e) = &r {
+        hidden(&session_token, "a lock permission error", &all_text(e))?;
+    }
+    refused("lock with session:write only", r.map(drop));
     let e = admin
         .get(&ctx, &a)
         .await?
@@ -323,6 +361,14 @@ async fn read_only_token(acl: &ConsulAcl, tag: &str) -> anyhow::Result<()> {
     );
     // The master token passes where the read-only one was refused.
     admin.set(&ctx, &a, "v2").await?;
+    let g = admin
+        .lock(
+            &ctx,
+            &Key::new("locked")?,
+            kvmap_core::LockOptions::try_lock(Duration::from_secs(10)),
+        )
+        .await?;
+    g.release().await?;
     Ok(())
 }
 

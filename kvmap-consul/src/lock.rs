@@ -93,8 +93,8 @@ struct Pending {
 type PendingMap = Arc<Mutex<HashMap<String, Pending>>>;
 
 /// The [`LockDriver`] of [`ConsulStore`](crate::ConsulStore): leases on
-/// Consul sessions; see the module docs of `lock` in the crate docs
-/// ("Locks").
+/// Consul sessions, fencing tokens from the lock key's `ModifyIndex`; the
+/// layout and guarantees are in the crate docs, section "Locks".
 pub struct ConsulLocks {
     inner: Arc<Inner>,
     /// Owner id → its session, until the owner gets the lock or gives up.

@@ -414,7 +414,7 @@ impl KvStore for ConsulStore {
     }
 
     async fn lock(&self, ctx: &Context, key: &Key, options: LockOptions) -> Result<LockGuard> {
-        // The lock key is the key plus `/.lock`: it must fit Consul's limit.
+        // The same key limits as data (the lock key is `<prefix>key/.lock`).
         self.capabilities()
             .limits
             .check_key(key)

@@ -33,15 +33,109 @@ fn put_get_list_delete_persist_across_invocations() {
     assert_eq!(stdout(&o), "users/ada\nusers/bob\n");
 
     let o = kvmap(&url, &["put", "users/ada", "again", "--create"]);
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("key already exists"), "{err}");
 
     let o = kvmap(&url, &["delete", "users/ada"]);
     assert_eq!(stdout(&o).trim(), "deleted");
     let o = kvmap(&url, &["get", "users/ada"]);
-    assert!(o.status.success());
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
     assert_eq!(stdout(&o), "");
+    let o = kvmap(&url, &["delete", "users/ada"]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert_eq!(stdout(&o), "");
+}
+
+fn code(o: &Output) -> Option<i32> {
+    o.status.code()
+}
+
+#[test]
+fn exit_status_by_error_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("rocksdb:{}", dir.path().join("db").display());
+
+    // 3: not found, nothing on stdout.
+    let o = kvmap(&url, &["get", "missing"]);
+    assert_eq!(code(&o), Some(3), "{o:?}");
+    assert_eq!(stdout(&o), "");
+
+    // 4: precondition failed (create on an existing key, stale revision).
+    let o = kvmap(&url, &["put", "k", "1"]);
+    assert_eq!(code(&o), Some(0), "{o:?}");
+    let rev: u64 = stdout(&o)
+        .trim()
+        .trim_start_matches("revision ")
+        .parse()
+        .unwrap();
+    let o = kvmap(&url, &["put", "k", "2", "--create"]);
+    assert_eq!(code(&o), Some(4), "{o:?}");
+    let o = kvmap(&url, &["put", "k", "2", "--if-revision", &rev.to_string()]);
+    assert_eq!(code(&o), Some(0), "{o:?}");
+    let o = kvmap(&url, &["put", "k", "3", "--if-revision", &rev.to_string()]);
+    assert_eq!(code(&o), Some(4), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("revision conflict"),
+        "{o:?}"
+    );
+    let o = kvmap(&url, &["delete", "k", "--if-revision", &rev.to_string()]);
+    assert_eq!(code(&o), Some(4), "{o:?}");
+    let o = kvmap(&url, &["get", "k"]);
+    assert_eq!(stdout(&o).trim(), "2");
+
+    // 6: bad input (a key with a leading "/", an unknown url scheme).
+    let o = kvmap(&url, &["get", "/leading-slash"]);
+    assert_eq!(code(&o), Some(6), "{o:?}");
+    let o = kvmap(&url, &["put", "/leading-slash", "v"]);
+    assert_eq!(code(&o), Some(6), "{o:?}");
+    let o = kvmap("nosuch://x", &["info"]);
+    assert_eq!(code(&o), Some(6), "{o:?}");
+
+    // 2: usage (clap's own).
+    let o = kvmap(&url, &["put", "k"]);
+    assert_eq!(code(&o), Some(2), "{o:?}");
+}
+
+#[test]
+fn unreachable_store_exits_5() {
+    let o = kvmap("redis://127.0.0.1:1", &["--timeout", "500ms", "get", "k"]);
+    assert_eq!(code(&o), Some(5), "{o:?}");
+    assert_eq!(stdout(&o), "");
+    let o = kvmap(
+        "redis://127.0.0.1:1",
+        &["--timeout", "500ms", "put", "k", "v"],
+    );
+    assert_eq!(code(&o), Some(5), "{o:?}");
+}
+
+#[test]
+fn help_lists_the_exit_statuses() {
+    let o = Command::new(env!("CARGO_BIN_EXE_kvmap"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let out = stdout(&o);
+    // The url forms are still there.
+    assert!(out.contains("redis+cluster://"), "{out}");
+    assert!(out.contains("exit status:"), "{out}");
+    for line in [
+        "0  success",
+        "1  other error",
+        "2  usage error",
+        "3  not found",
+        "4  precondition failed",
+        "5  unavailable or timed out",
+        "6  bad input",
+        "7  unauthenticated or permission denied",
+        "8  unsupported",
+        "9  invalid data on the server",
+        "75 lock held past --wait",
+        "76 lease lost",
+    ] {
+        assert!(out.contains(line), "{line:?} missing in\n{out}");
+    }
 }
 
 #[test]
@@ -116,7 +210,7 @@ fn locked_database_is_reported() {
     let o = kvmap(&url, &["get", "x/a"]);
     watcher.kill().unwrap();
     watcher.wait().unwrap();
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(5), "{o:?}");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("rocksdb: open") && err.contains("locked"),

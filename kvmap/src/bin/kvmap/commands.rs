@@ -51,25 +51,38 @@ pub(crate) async fn open(
     Ok(Arc::new(chain))
 }
 
+/// How a command that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// It did what was asked.
+    Done,
+    /// `get` or `delete` found no such key (exit status 3).
+    Absent,
+}
+
 pub(crate) async fn run(
     store: Arc<dyn KvStore>,
     command: Command,
     timeout: Duration,
-) -> Result<()> {
+) -> Result<Outcome> {
     let ctx = || Context::new().with_timeout(timeout);
     match command {
-        Command::Tour => crate::tour::run(store).await,
-        Command::Demo(_) | Command::Lock(_) => Ok(()),
-        Command::Get { key, verbose } => {
-            match store.get(&ctx(), &Key::new(key)?).await? {
-                Some(e) if verbose => println!("{}", describe(&e)),
-                Some(e) => println!("{}", String::from_utf8_lossy(&e.value)),
-                None => {
-                    eprintln!("(absent)");
-                }
+        Command::Tour => crate::tour::run(store).await.map(|()| Outcome::Done),
+        Command::Demo(_) | Command::Lock(_) => Ok(Outcome::Done),
+        Command::Get { key, verbose } => match store.get(&ctx(), &Key::new(key)?).await? {
+            Some(e) if verbose => {
+                println!("{}", describe(&e));
+                Ok(Outcome::Done)
             }
-            Ok(())
-        }
+            Some(e) => {
+                println!("{}", String::from_utf8_lossy(&e.value));
+                Ok(Outcome::Done)
+            }
+            None => {
+                eprintln!("(absent)");
+                Ok(Outcome::Absent)
+            }
+        },
         Command::Put {
             key,
             value,
@@ -87,13 +100,17 @@ pub(crate) async fn run(
                 .put(&ctx(), &Key::new(key)?, value.into(), options)
                 .await?;
             println!("revision {rev}");
-            Ok(())
+            Ok(Outcome::Done)
         }
         Command::Delete { key, if_revision } => {
             let options = DeleteOptions { if_revision };
-            let existed = store.delete(&ctx(), &Key::new(key)?, options).await?;
-            println!("{}", if existed { "deleted" } else { "(absent)" });
-            Ok(())
+            if store.delete(&ctx(), &Key::new(key)?, options).await? {
+                println!("deleted");
+                Ok(Outcome::Done)
+            } else {
+                eprintln!("(absent)");
+                Ok(Outcome::Absent)
+            }
         }
         Command::List {
             prefix,
@@ -111,7 +128,7 @@ pub(crate) async fn run(
                     println!("{}", describe(&e));
                 }
             }
-            Ok(())
+            Ok(Outcome::Done)
         }
         Command::Watch {
             prefix,
@@ -130,7 +147,7 @@ pub(crate) async fn run(
                     break;
                 }
             }
-            Ok(())
+            Ok(Outcome::Done)
         }
         Command::Info => {
             let caps = store.capabilities();
@@ -142,7 +159,7 @@ pub(crate) async fn run(
             println!("  max key bytes      {}", l.max_key_bytes);
             println!("  max value bytes    {}", l.max_value_bytes);
             println!("  max batch ops      {}", l.max_batch_ops);
-            Ok(())
+            Ok(Outcome::Done)
         }
     }
 }

@@ -2,6 +2,7 @@
 
 mod commands;
 mod demo;
+mod exit;
 mod lock;
 mod tour;
 
@@ -12,7 +13,7 @@ use clap::{Parser, Subcommand};
 
 /// Read, write, list and watch a kvmap store.
 #[derive(Parser, Debug)]
-#[command(name = "kvmap", version, about, after_help = kvmap::URL_FORMS)]
+#[command(name = "kvmap", version, about, after_help = exit::after_help())]
 struct Cli {
     /// The store to open. Repeat it to build a fallback chain: the first
     /// is the primary, the others its fallbacks in order.
@@ -46,7 +47,8 @@ enum Command {
     /// Walk through the whole contract on one store: writes,
     /// compare-and-swap, TTL, list and watch.
     Tour,
-    /// Print a key's value (and revision with --verbose).
+    /// Print a key's value (and revision with --verbose); exit status 3
+    /// and nothing on stdout if the key is absent.
     Get {
         /// The key.
         key: String,
@@ -70,7 +72,7 @@ enum Command {
         #[arg(long)]
         if_revision: Option<u64>,
     },
-    /// Delete a key.
+    /// Delete a key; exit status 3 if it was absent.
     Delete {
         /// The key.
         key: String,
@@ -141,10 +143,8 @@ async fn main() -> ExitCode {
         Err(e) => Err(e),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+        Ok(commands::Outcome::Done) => ExitCode::SUCCESS,
+        Ok(commands::Outcome::Absent) => ExitCode::from(exit::NOT_FOUND),
+        Err(e) => exit::report(&e),
     }
 }

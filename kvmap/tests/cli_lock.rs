@@ -67,12 +67,12 @@ fn runs_the_command_with_the_token_and_passes_its_status_on() {
     );
     assert_eq!(o.status.code(), Some(7), "{o:?}");
 
-    // Bad input: a clear error, status 1 (2 for usage errors), and the
+    // Bad input: a clear error, status 6 (2 for usage errors), and the
     // command never runs.
     let ran = dir.path().join("ran");
     let ran = ran.to_str().unwrap();
     let o = run(&url, &["lock", "jobs/a", "--ttl", "0s", "--", "touch", ran]);
-    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert_eq!(o.status.code(), Some(6), "{o:?}");
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("lock ttl"),
         "{o:?}"
@@ -81,7 +81,7 @@ fn runs_the_command_with_the_token_and_passes_its_status_on() {
     let o = run(&url, &["lock", "jobs/a"]);
     assert_eq!(o.status.code(), Some(2), "{o:?}");
     let o = run(&url, &["lock", "jobs/a", "--", "/nonexistent/program"]);
-    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert_eq!(o.status.code(), Some(6), "{o:?}");
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("cannot start"),
         "{o:?}"

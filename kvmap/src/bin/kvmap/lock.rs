@@ -45,14 +45,8 @@ pub(crate) async fn run(
 ) -> ExitCode {
     match hold(urls, policy, outbox, args).await {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e}");
-            if e.kind() == ErrorKind::Locked {
-                ExitCode::from(EXIT_BUSY)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
+        // `Locked` exits 75 (`EXIT_BUSY`); the rest by the table of `kvmap --help`.
+        Err(e) => crate::exit::report(&e),
     }
 }
 

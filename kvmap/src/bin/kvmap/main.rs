@@ -116,8 +116,8 @@ enum Command {
     ///
     /// Exit status: the command's own; 75 if the lock could not be taken
     /// (held by another holder when --wait ran out); 76 if the lease was
-    /// lost while the command ran (the command was terminated); 1 for
-    /// other errors.
+    /// lost while the command ran (the command was terminated); other
+    /// errors as in the table of `kvmap --help`.
     #[command(
         after_help = "example: kvmap --url redis://127.0.0.1:6379 lock jobs/migrate --ttl 15s -- ./migrate.sh"
     )]

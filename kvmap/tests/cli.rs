@@ -286,3 +286,59 @@ fn a_chain_from_repeated_urls() {
     let o = kvmap(&b, &["get", "k"]);
     assert_eq!(stdout(&o).trim(), "v");
 }
+
+#[test]
+fn binary_values_from_a_file_or_stdin_and_raw_output() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("rocksdb:{}", dir.path().join("db").display());
+    let bytes: Vec<u8> = (0..=255u8).chain([0, 0xff, b'\n']).collect();
+    let file = dir.path().join("value.bin");
+    std::fs::write(&file, &bytes).unwrap();
+    let o = kvmap(
+        &url,
+        &["put", "bin", "--value-file", file.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{o:?}");
+    let o = kvmap(&url, &["get", "bin", "--raw"]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(o.stdout, bytes);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvmap"))
+        .args(["--url", &url, "put", "stdin", "--value-file", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&bytes[..10]).unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let o = kvmap(&url, &["get", "stdin", "--raw"]);
+    assert_eq!(o.stdout, &bytes[..10]);
+
+    // Neither a value nor a file: a usage error; a missing file: bad input.
+    assert_eq!(kvmap(&url, &["put", "k"]).status.code(), Some(2));
+    let o = kvmap(&url, &["put", "k", "--value-file", "/nonexistent/file"]);
+    assert_eq!(o.status.code(), Some(6), "{o:?}");
+}
+
+#[test]
+fn list_says_when_it_stopped_at_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("rocksdb:{}", dir.path().join("db").display());
+    for i in 0..5 {
+        kvmap(&url, &["put", &format!("l/{i}"), "v"]);
+    }
+    let o = kvmap(&url, &["list", "l/", "--limit", "3", "--keys-only"]);
+    assert_eq!(stdout(&o), "l/0\nl/1\nl/2\n");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("more entries follow"),
+        "{o:?}"
+    );
+    // Exactly at the limit: no notice.
+    let o = kvmap(&url, &["list", "l/", "--limit", "5", "--keys-only"]);
+    assert_eq!(stdout(&o).lines().count(), 5);
+    assert!(o.stderr.is_empty(), "{o:?}");
+    let o = kvmap(&url, &["list", "l/", "--all", "--keys-only"]);
+    assert_eq!(stdout(&o).lines().count(), 5);
+    assert!(o.stderr.is_empty(), "{o:?}");
+}

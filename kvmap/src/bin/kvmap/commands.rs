@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kvmap::{
-    Context, DeleteOptions, Entry, Key, KvStore, KvStoreExt, ListRequest, PutOptions, Result,
-    WatchEvent, WatchRequest,
+    Context, DeleteOptions, Entry, Key, KvStore, ListRequest, PutOptions, Result, WatchEvent,
+    WatchRequest,
 };
 
 use crate::Command;
@@ -69,7 +69,14 @@ pub(crate) async fn run(
     match command {
         Command::Tour => crate::tour::run(store).await.map(|()| Outcome::Done),
         Command::Demo(_) | Command::Lock(_) => Ok(Outcome::Done),
-        Command::Get { key, verbose } => match store.get(&ctx(), &Key::new(key)?).await? {
+        Command::Get { key, verbose, raw } => match store.get(&ctx(), &Key::new(key)?).await? {
+            Some(e) if raw => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&e.value)
+                    .and_then(|()| out.flush())
+                    .map_err(|e| io_error("writing the value to stdout", &e))?;
+                Ok(Outcome::Done)
+            }
             Some(e) if verbose => {
                 println!("{}", describe(&e));
                 Ok(Outcome::Done)
@@ -86,6 +93,7 @@ pub(crate) async fn run(
         Command::Put {
             key,
             value,
+            value_file,
             ttl,
             create,
             if_revision,
@@ -96,9 +104,17 @@ pub(crate) async fn run(
                 (false, None) => PutOptions::overwrite(),
             };
             options.ttl = ttl;
-            let rev = store
-                .put(&ctx(), &Key::new(key)?, value.into(), options)
-                .await?;
+            let key = Key::new(key)?;
+            let value = match (value, value_file) {
+                (Some(v), _) => bytes::Bytes::from(v),
+                (None, Some(path)) => read_value(&path)?,
+                (None, None) => {
+                    return Err(kvmap::Error::new(kvmap::ErrorKind::InvalidArgument)
+                        .with_op(kvmap::Op::Put)
+                        .with_detail("give a value or --value-file"))
+                }
+            };
+            let rev = store.put(&ctx(), &key, value, options).await?;
             println!("revision {rev}");
             Ok(Outcome::Done)
         }
@@ -115,18 +131,45 @@ pub(crate) async fn run(
         Command::List {
             prefix,
             limit,
+            all,
             keys_only,
         } => {
             let mut req = ListRequest::prefix(prefix);
             if keys_only {
                 req = req.keys_only();
             }
-            for e in store.list_all(&ctx(), req, limit).await? {
-                if keys_only {
-                    println!("{}", e.key);
-                } else {
-                    println!("{}", describe(&e));
+            let limit = if all { usize::MAX } else { limit };
+            let mut printed = 0usize;
+            let mut out = std::io::stdout().lock();
+            let more = loop {
+                let page = store.list(&ctx(), &req).await?;
+                let mut entries = page.entries.into_iter();
+                for e in entries.by_ref().take(limit - printed) {
+                    let line = if keys_only {
+                        e.key.to_string()
+                    } else {
+                        describe(&e)
+                    };
+                    writeln!(out, "{line}").map_err(|e| io_error("writing to stdout", &e))?;
+                    printed += 1;
                 }
+                if entries.next().is_some() {
+                    break true;
+                }
+                match page.cursor {
+                    None => break false,
+                    Some(c) if printed == limit => {
+                        // A cursor says "maybe more": look at one entry.
+                        req.cursor = Some(c);
+                        req.limit = Some(1);
+                        break !store.list(&ctx(), &req).await?.entries.is_empty();
+                    }
+                    Some(c) => req.cursor = Some(c),
+                }
+            };
+            let _ = out.flush();
+            if more {
+                eprintln!("(stopped at --limit {limit}; more entries follow: use --all or a higher --limit)");
             }
             Ok(Outcome::Done)
         }
@@ -162,6 +205,28 @@ pub(crate) async fn run(
             Ok(Outcome::Done)
         }
     }
+}
+
+/// A value from a file, or standard input for `-`.
+fn read_value(path: &std::path::Path) -> Result<bytes::Bytes> {
+    let read = if path == std::path::Path::new("-") {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut buf).map(|_| buf)
+    } else {
+        std::fs::read(path)
+    };
+    read.map(bytes::Bytes::from).map_err(|e| {
+        kvmap::Error::new(kvmap::ErrorKind::InvalidArgument)
+            .with_op(kvmap::Op::Put)
+            .with_detail(format!(
+                "cannot read the value from {}: {e}",
+                path.display()
+            ))
+    })
+}
+
+fn io_error(what: &str, e: &std::io::Error) -> kvmap::Error {
+    kvmap::Error::new(kvmap::ErrorKind::Internal).with_detail(format!("{what}: {e}"))
 }
 
 pub(crate) fn describe(e: &Entry) -> String {

@@ -53,15 +53,24 @@ enum Command {
         /// The key.
         key: String,
         /// Also print revision, create revision and expiry.
-        #[arg(short, long)]
+        #[arg(short, long, conflicts_with = "raw")]
         verbose: bool,
+        /// Write the value's bytes exactly as stored (no newline, no
+        /// UTF-8 conversion), e.g. for binary values.
+        #[arg(long)]
+        raw: bool,
     },
     /// Write a value; prints the new revision.
     Put {
         /// The key.
         key: String,
-        /// The value.
-        value: String,
+        /// The value (or use --value-file).
+        #[arg(required_unless_present = "value_file")]
+        value: Option<String>,
+        /// Read the value's bytes from this file (`-`: standard input);
+        /// binary-safe.
+        #[arg(long, conflicts_with = "value")]
+        value_file: Option<std::path::PathBuf>,
         /// Expire after this long (e.g. 30s).
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<Duration>,
@@ -85,9 +94,12 @@ enum Command {
         /// The prefix (empty: everything).
         #[arg(default_value = "")]
         prefix: String,
-        /// At most this many entries.
-        #[arg(long, default_value_t = 100)]
+        /// At most this many entries; when more follow, stderr says so.
+        #[arg(long, default_value_t = 100, conflicts_with = "all")]
         limit: usize,
+        /// Every entry under the prefix, page by page.
+        #[arg(long)]
+        all: bool,
         /// Keys only.
         #[arg(long)]
         keys_only: bool,

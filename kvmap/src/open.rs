@@ -8,6 +8,7 @@ use kvmap_core::{Error, ErrorKind, KvStore, MemoryStore, Op, Result, SharedStore
 pub const URL_FORMS: &str = "\
 memory:                                   in-process, lost at exit
 rocksdb:PATH | rocksdb:///ABS/PATH        embedded RocksDB (feature `rocksdb`)
+  rocksdb query: create=false (fail if the database is missing) sync=true|false (fsync each write)
 redis://[USER:PASS@]HOST:PORT[/DB]        Redis standalone (feature `redis`)
 rediss://...                              Redis standalone over TLS
 redis+cluster://HOST:PORT[,HOST:PORT...]  Redis Cluster seeds
@@ -50,7 +51,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn KvStore>> {
     })?;
     let scheme = scheme.to_ascii_lowercase();
     let scheme = scheme.as_str();
-    if !params.is_empty() && !scheme.starts_with("consul") {
+    if !params.is_empty() && !scheme.starts_with("consul") && scheme != "rocksdb" {
         let names: Vec<&str> = params.iter().map(|(k, _)| k.as_str()).collect();
         return Err(invalid(
             url,
@@ -60,7 +61,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn KvStore>> {
     let store: Arc<dyn KvStore> = match scheme {
         "memory" => Arc::new(MemoryStore::new()),
         "consul" | "consul+http" | "consul+https" => open_consul(url, scheme, rest, params).await?,
-        "rocksdb" => open_rocksdb(url, rest).await?,
+        "rocksdb" => open_rocksdb(url, rest, params).await?,
         "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
             open_redis(url, scheme, rest).await?
         }
@@ -239,19 +240,42 @@ async fn open_consul(
 }
 
 #[cfg(feature = "rocksdb")]
-async fn open_rocksdb(url: &str, rest: &str) -> Result<Arc<dyn KvStore>> {
+async fn open_rocksdb(url: &str, rest: &str, params: Params) -> Result<Arc<dyn KvStore>> {
     let path = rest.strip_prefix("//").unwrap_or(rest);
     if path.is_empty() {
         return Err(invalid(url, "missing path"));
     }
-    let config = kvmap_rocksdb::RocksConfig::new(path);
+    let mut config = kvmap_rocksdb::RocksConfig::new(path);
+    for (k, v) in &params {
+        let flag = match v.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            _ => {
+                return Err(invalid(
+                    url,
+                    &format!("query parameter {k:?} takes true or false"),
+                ))
+            }
+        };
+        config =
+            match k.as_str() {
+                "create" => config.with_create_if_missing(flag),
+                "sync" => config.with_sync(flag),
+                other => return Err(invalid(
+                    url,
+                    &format!(
+                        "unknown query parameter {other:?} (rocksdb knows create, sync, namespace)"
+                    ),
+                )),
+            };
+    }
     Ok(Arc::new(
         kvmap_rocksdb::RocksStore::open_async(config).await?,
     ))
 }
 
 #[cfg(not(feature = "rocksdb"))]
-async fn open_rocksdb(url: &str, _rest: &str) -> Result<Arc<dyn KvStore>> {
+async fn open_rocksdb(url: &str, _rest: &str, _params: Params) -> Result<Arc<dyn KvStore>> {
     Err(invalid(url, "this build of kvmap has no `rocksdb` feature"))
 }
 
@@ -365,5 +389,25 @@ mod tests {
         let url = format!("rocksdb:{}", dir.path().join("db").display());
         let s = open(&url).await.unwrap();
         assert_eq!(s.name(), "rocksdb");
+    }
+
+    #[cfg(feature = "rocksdb")]
+    #[tokio::test]
+    async fn rocksdb_query_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let missing = format!("rocksdb:{}?create=false", path.display());
+        let e = open(&missing).await.map(|_| ()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+        assert!(!path.exists(), "create=false created the database");
+        let s = open(&format!("rocksdb:{}?sync=true&create=true", path.display())).await;
+        drop(s.unwrap());
+        for bad in ["?sync=maybe", "?fsync=true"] {
+            let e = open(&format!("rocksdb:{}{bad}", path.display()))
+                .await
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}: {e}");
+        }
     }
 }

@@ -56,7 +56,8 @@ fn exit_status_by_error_class() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("rocksdb:{}", dir.path().join("db").display());
 
-    // 3: not found, nothing on stdout.
+    // 3: not found, nothing on stdout (in a database that exists).
+    assert_eq!(code(&kvmap(&url, &["put", "other", "x"])), Some(0));
     let o = kvmap(&url, &["get", "missing"]);
     assert_eq!(code(&o), Some(3), "{o:?}");
     assert_eq!(stdout(&o), "");
@@ -341,4 +342,28 @@ fn list_says_when_it_stopped_at_the_limit() {
     let o = kvmap(&url, &["list", "l/", "--all", "--keys-only"]);
     assert_eq!(stdout(&o).lines().count(), 5);
     assert!(o.stderr.is_empty(), "{o:?}");
+}
+
+#[test]
+fn read_only_commands_never_create_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let url = format!("rocksdb:{}", path.display());
+    for args in [
+        &["get", "k"][..],
+        &["list", ""],
+        &["info"],
+        &["watch", "", "--count", "1"],
+    ] {
+        let o = kvmap(&url, args);
+        assert_eq!(o.status.code(), Some(6), "{args:?}: {o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("does not exist"),
+            "{o:?}"
+        );
+        assert!(!path.exists(), "{args:?} created the database");
+    }
+    // A write creates it; then reads work.
+    assert!(kvmap(&url, &["put", "k", "v"]).status.success());
+    assert_eq!(stdout(&kvmap(&url, &["get", "k"])).trim(), "v");
 }

@@ -51,6 +51,22 @@ pub(crate) async fn open(
     Ok(Arc::new(chain))
 }
 
+/// `url` with `create=false` added when it is a RocksDB URL without a
+/// `create` parameter (for commands that only read).
+pub(crate) fn never_create(url: &str) -> String {
+    let is_rocksdb = url
+        .get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("rocksdb:"));
+    let has_create = url
+        .split_once('?')
+        .is_some_and(|(_, q)| q.split('&').any(|p| p.starts_with("create=")));
+    match (is_rocksdb, has_create, url.contains('?')) {
+        (true, false, true) => format!("{url}&create=false"),
+        (true, false, false) => format!("{url}?create=false"),
+        _ => url.to_owned(),
+    }
+}
+
 /// How a command that did not fail ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {

@@ -150,7 +150,17 @@ async fn main() -> ExitCode {
         }
         _ => cli,
     };
-    let result = match commands::open(&cli.url, &cli.write_policy, cli.outbox.as_deref()).await {
+    // Read-only commands never create a RocksDB database.
+    let read_only = matches!(
+        cli.command,
+        Command::Get { .. } | Command::List { .. } | Command::Watch { .. } | Command::Info
+    );
+    let urls: Vec<String> = if read_only {
+        cli.url.iter().map(|u| commands::never_create(u)).collect()
+    } else {
+        cli.url.clone()
+    };
+    let result = match commands::open(&urls, &cli.write_policy, cli.outbox.as_deref()).await {
         Ok(store) => commands::run(store, cli.command, cli.timeout).await,
         Err(e) => Err(e),
     };

@@ -257,17 +257,18 @@ async fn open_rocksdb(url: &str, rest: &str, params: Params) -> Result<Arc<dyn K
                 ))
             }
         };
-        config =
-            match k.as_str() {
-                "create" => config.with_create_if_missing(flag),
-                "sync" => config.with_sync(flag),
-                other => return Err(invalid(
+        config = match k.as_str() {
+            "create" => config.with_create_if_missing(flag),
+            "sync" => config.with_sync(flag),
+            other => {
+                return Err(invalid(
                     url,
                     &format!(
                         "unknown query parameter {other:?} (rocksdb knows create, sync, namespace)"
                     ),
-                )),
-            };
+                ))
+            }
+        };
     }
     Ok(Arc::new(
         kvmap_rocksdb::RocksStore::open_async(config).await?,

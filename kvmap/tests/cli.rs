@@ -367,3 +367,46 @@ fn read_only_commands_never_create_a_database() {
     assert!(kvmap(&url, &["put", "k", "v"]).status.success());
     assert_eq!(stdout(&kvmap(&url, &["get", "k"])).trim(), "v");
 }
+
+#[test]
+fn json_output_for_every_command() {
+    use serde_json::Value;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("rocksdb:{}", dir.path().join("db").display());
+    let json = |args: &[&str]| -> Vec<Value> {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        let o = kvmap(&url, &all);
+        assert!(o.status.success(), "{args:?}: {o:?}");
+        stdout(&o)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+            .collect()
+    };
+    let put = json(&["put", "j/a", "hello", "--ttl", "1h"]);
+    let rev = put[0]["revision"].as_u64().unwrap();
+    let got = &json(&["get", "j/a"])[0];
+    assert_eq!(got["key"], "j/a");
+    assert_eq!(got["value"], "hello");
+    assert_eq!(got["revision"].as_u64(), Some(rev));
+    assert!(got["expires_at_unix_ms"].as_u64().is_some(), "{got}");
+
+    let file = dir.path().join("bin");
+    std::fs::write(&file, [0xff, 0x00, 0x01]).unwrap();
+    json(&["put", "j/b", "--value-file", file.to_str().unwrap()]);
+    assert_eq!(json(&["get", "j/b"])[0]["value_base64"], "/wAB");
+
+    let listed = json(&["list", "j/", "--keys-only"]);
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[1]["key"], "j/b");
+    assert!(listed[1].get("value").is_none() && listed[1].get("value_base64").is_none());
+
+    let events = json(&["watch", "j/", "--from-revision", "1", "--count", "1"]);
+    assert_eq!(events[0]["event"], "put");
+    assert_eq!(events[0]["entry"]["key"], "j/a");
+
+    let info = &json(&["info"])[0];
+    assert_eq!(info["backend"], "rocksdb");
+    assert_eq!(info["capabilities"]["lock"], "native");
+    assert_eq!(json(&["delete", "j/a"])[0]["deleted"], true);
+}

@@ -10,6 +10,7 @@ use kvmap::{
     WatchRequest,
 };
 
+use crate::output::{self, Format};
 use crate::Command;
 
 /// Opens the store of one `--url`, or a fallback chain of several.
@@ -80,7 +81,9 @@ pub(crate) async fn run(
     store: Arc<dyn KvStore>,
     command: Command,
     timeout: Duration,
+    format: Format,
 ) -> Result<Outcome> {
+    let json = format == Format::Json;
     let ctx = || Context::new().with_timeout(timeout);
     match command {
         Command::Tour => crate::tour::run(store).await.map(|()| Outcome::Done),
@@ -91,6 +94,10 @@ pub(crate) async fn run(
                 out.write_all(&e.value)
                     .and_then(|()| out.flush())
                     .map_err(|e| io_error("writing the value to stdout", &e))?;
+                Ok(Outcome::Done)
+            }
+            Some(e) if json => {
+                println!("{}", output::entry(&e, true));
                 Ok(Outcome::Done)
             }
             Some(e) if verbose => {
@@ -131,13 +138,21 @@ pub(crate) async fn run(
                 }
             };
             let rev = store.put(&ctx(), &key, value, options).await?;
-            println!("revision {rev}");
+            if json {
+                println!("{}", serde_json::json!({ "revision": rev }));
+            } else {
+                println!("revision {rev}");
+            }
             Ok(Outcome::Done)
         }
         Command::Delete { key, if_revision } => {
             let options = DeleteOptions { if_revision };
             if store.delete(&ctx(), &Key::new(key)?, options).await? {
-                println!("deleted");
+                if json {
+                    println!("{}", serde_json::json!({ "deleted": true }));
+                } else {
+                    println!("deleted");
+                }
                 Ok(Outcome::Done)
             } else {
                 eprintln!("(absent)");
@@ -161,7 +176,9 @@ pub(crate) async fn run(
                 let page = store.list(&ctx(), &req).await?;
                 let mut entries = page.entries.into_iter();
                 for e in entries.by_ref().take(limit - printed) {
-                    let line = if keys_only {
+                    let line = if json {
+                        output::entry(&e, !keys_only).to_string()
+                    } else if keys_only {
                         e.key.to_string()
                     } else {
                         describe(&e)
@@ -199,7 +216,12 @@ pub(crate) async fn run(
             let mut stream = store.watch(&Context::new(), req).await?;
             let mut seen = 0;
             while let Some(ev) = stream.next().await {
-                println!("{}", describe_event(&ev?));
+                let ev = ev?;
+                if json {
+                    println!("{}", output::event(&ev));
+                } else {
+                    println!("{}", describe_event(&ev));
+                }
                 let _ = std::io::stdout().flush();
                 seen += 1;
                 if count.is_some_and(|c| seen >= c) {
@@ -210,6 +232,10 @@ pub(crate) async fn run(
         }
         Command::Info => {
             let caps = store.capabilities();
+            if json {
+                println!("{}", output::info(store.name(), &caps));
+                return Ok(Outcome::Done);
+            }
             println!("backend: {}", store.name());
             for (cap, support) in caps.table() {
                 println!("  {:<18} {support:?}", cap.to_string());

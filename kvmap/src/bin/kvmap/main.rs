@@ -4,6 +4,7 @@ mod commands;
 mod demo;
 mod exit;
 mod lock;
+mod output;
 mod tour;
 
 use std::process::ExitCode;
@@ -31,6 +32,10 @@ struct Cli {
     /// The outbox directory of a chain with the outbox write policy.
     #[arg(long, global = true)]
     outbox: Option<std::path::PathBuf>,
+    /// How results are printed: text, or json (one document per result,
+    /// JSON lines for list and watch; errors stay text on stderr).
+    #[arg(long, value_enum, default_value_t = output::Format::Text, global = true)]
+    output: output::Format,
     /// Per-call timeout (e.g. 500ms, 5s).
     #[arg(long, value_parser = parse_duration, default_value = "10s", global = true)]
     timeout: Duration,
@@ -161,7 +166,7 @@ async fn main() -> ExitCode {
         cli.url.clone()
     };
     let result = match commands::open(&urls, &cli.write_policy, cli.outbox.as_deref()).await {
-        Ok(store) => commands::run(store, cli.command, cli.timeout).await,
+        Ok(store) => commands::run(store, cli.command, cli.timeout, cli.output).await,
         Err(e) => Err(e),
     };
     match result {

@@ -54,34 +54,9 @@ const SLOTS: usize = 16384;
 /// see the unit test).
 const TAG_SEARCH_LIMIT: u32 = 10_000_000;
 
-/// CRC16/XMODEM, Redis Cluster's key hash.
-fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &b in data {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
-
-/// The hash slot of a server key (honouring a `{hash tag}`).
+/// The hash slot of a server key (honouring a `{hash tag}`), as an index.
 pub(crate) fn key_slot(key: &[u8]) -> usize {
-    let mut k = key;
-    if let Some(open) = key.iter().position(|&b| b == b'{') {
-        let rest = &key[open + 1..];
-        if let Some(len) = rest.iter().position(|&b| b == b'}') {
-            if len > 0 {
-                k = &rest[..len];
-            }
-        }
-    }
-    usize::from(crc16(k)) % SLOTS
+    usize::from(crate::batch::key_slot(key))
 }
 
 /// For every slot, the smallest decimal number whose CRC16 lands in it
@@ -96,7 +71,7 @@ fn slot_tags() -> &'static [u32] {
         while left > 0 && n < TAG_SEARCH_LIMIT {
             buf.clear();
             let _ = write!(buf, "{n}");
-            let slot = usize::from(crc16(buf.as_bytes())) % SLOTS;
+            let slot = key_slot(buf.as_bytes());
             if tags[slot] == u32::MAX {
                 tags[slot] = n;
                 left -= 1;
@@ -315,19 +290,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn crc16_matches_redis() {
-        // From the Redis Cluster specification.
-        assert_eq!(crc16(b"123456789"), 0x31C3);
+    fn slots_match_redis() {
+        // From the Redis Cluster specification, and the redis crate's own
+        // slot function as the oracle (it exposes no slot number itself).
+        assert_eq!(key_slot(b"123456789"), 0x31C3 % SLOTS);
         assert_eq!(key_slot(b"foo"), 12182);
         assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
-        assert_eq!(
-            key_slot(b"foo{}{bar}"),
-            usize::from(crc16(b"foo{}{bar}")) % SLOTS
-        );
-        assert_eq!(
-            key_slot(b"foo{{bar}}zap"),
-            usize::from(crc16(b"{bar")) % SLOTS
-        );
+        for k in [
+            &b"foo{}{bar}"[..],
+            b"foo{{bar}}zap",
+            b"{10789}__kvmap_lock:x",
+            b"a}b{",
+        ] {
+            let ours = redis::cluster_routing::Slot::new(u16::try_from(key_slot(k)).unwrap());
+            assert_eq!(
+                ours,
+                Some(redis::cluster_routing::Slot::for_key(k)),
+                "{k:?}"
+            );
+        }
     }
 
     #[test]

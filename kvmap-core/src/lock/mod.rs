@@ -477,15 +477,12 @@ pub async fn acquire(
         (options.ttl / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
     loop {
         let sent = Instant::now();
-        if ctx.deadline().is_none() && ctx.cancel_token().is_none() {
+        let got = if ctx.deadline().is_none() && ctx.cancel_token().is_none() {
             // Nothing can interrupt the attempt: no task hop needed.
-            let got = driver
+            driver
                 .try_acquire(key, &owner, options.ttl)
                 .await
-                .map_err(|e| e.in_context(scope.backend, scope.op, scope.key))?;
-            if let Some(lease) = got {
-                return Ok(start(driver, key.clone(), lease, options, sent));
-            }
+                .map_err(|e| e.in_context(scope.backend, scope.op, scope.key))?
         } else {
             let attempt = {
                 let driver = driver.clone();
@@ -493,7 +490,7 @@ pub async fn acquire(
                 let owner = owner.clone();
                 tokio::spawn(async move { driver.try_acquire(&key, &owner, options.ttl).await })
             };
-            let got = match wait_ctx(ctx, &scope, attempt).await {
+            match wait_ctx(ctx, &scope, attempt).await {
                 Ok(got) => got?,
                 Err((e, attempt)) => {
                     // Let the attempt finish and give back what it took.
@@ -506,10 +503,10 @@ pub async fn acquire(
                     });
                     return Err(e);
                 }
-            };
-            if let Some(lease) = got {
-                return Ok(start(driver, key.clone(), lease, options, sent));
             }
+        };
+        if let Some(lease) = got {
+            return Ok(start(driver, key.clone(), lease, options, sent));
         }
         let now = Instant::now();
         if wait_until.is_some_and(|w| now >= w) {
@@ -522,11 +519,7 @@ pub async fn acquire(
         if let Some(w) = wait_until {
             nap = nap.min(w.saturating_duration_since(now));
         }
-        let sleep = tokio::time::sleep(nap);
-        match wait_ctx_plain(ctx, &scope, sleep).await {
-            Ok(()) => {}
-            Err(e) => return Err(e),
-        }
+        wait_ctx_plain(ctx, &scope, tokio::time::sleep(nap)).await?;
         backoff = (backoff * 2).min(max_backoff);
     }
 }

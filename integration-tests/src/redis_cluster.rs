@@ -570,3 +570,140 @@ mod tests {
         );
     }
 }
+
+/// Slot migration by hand, step by step (the protocol `redis-cli --cluster
+/// reshard` runs): [`RedisCluster::begin_slot_migration`], then
+/// [`RedisCluster::migrate_slot_keys`] until it returns 0, then
+/// [`RedisCluster::finish_slot_migration`]. Between the steps the slot is
+/// `MIGRATING` on the source and `IMPORTING` on the target while the slot
+/// map still names the source.
+impl RedisCluster {
+    /// `CLUSTER SETSLOT slot IMPORTING` on `to`, then `MIGRATING` on `from`.
+    pub async fn begin_slot_migration(
+        &self,
+        slot: u16,
+        from: &ClusterNode,
+        to: &ClusterNode,
+    ) -> anyhow::Result<()> {
+        let _: () = query(
+            &node_client(to.port)?,
+            redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("IMPORTING")
+                .arg(&from.id),
+        )
+        .await
+        .with_context(|| format!("setslot {slot} importing on {}", to.port))?;
+        let _: () = query(
+            &node_client(from.port)?,
+            redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("MIGRATING")
+                .arg(&to.id),
+        )
+        .await
+        .with_context(|| format!("setslot {slot} migrating on {}", from.port))?;
+        Ok(())
+    }
+
+    /// Moves up to `max` keys of `slot` from `from` to `to` with one
+    /// `MIGRATE ... KEYS`; returns how many were moved (0: the slot is
+    /// empty on the source).
+    pub async fn migrate_slot_keys(
+        &self,
+        slot: u16,
+        from: &ClusterNode,
+        to: &ClusterNode,
+        max: usize,
+    ) -> anyhow::Result<usize> {
+        let src = node_client(from.port)?;
+        let keys: Vec<Vec<u8>> = query(
+            &src,
+            redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(max),
+        )
+        .await?;
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut cmd = redis::cmd("MIGRATE");
+        cmd.arg("127.0.0.1")
+            .arg(to.port)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(&keys);
+        let reply: String = query(&src, &cmd)
+            .await
+            .with_context(|| format!("migrate slot {slot} {} -> {}", from.port, to.port))?;
+        ensure!(reply == "OK" || reply == "NOKEY", "migrate replied {reply}");
+        Ok(keys.len())
+    }
+
+    /// `CLUSTER SETSLOT slot NODE to` on `to`, then `from`, then every
+    /// other master (the order `redis-cli` uses), ending the migration.
+    pub async fn finish_slot_migration(
+        &self,
+        slot: u16,
+        from: &ClusterNode,
+        to: &ClusterNode,
+    ) -> anyhow::Result<()> {
+        let masters = self.masters().await?;
+        let mut order = vec![to.port, from.port];
+        order.extend(
+            masters
+                .iter()
+                .map(|m| m.port)
+                .filter(|p| *p != to.port && *p != from.port),
+        );
+        for port in order {
+            let _: () = query(
+                &node_client(port)?,
+                redis::cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot)
+                    .arg("NODE")
+                    .arg(&to.id),
+            )
+            .await
+            .with_context(|| format!("setslot {slot} node on {port}"))?;
+        }
+        Ok(())
+    }
+
+    /// Moves every key of `slot` from `from` to `to`, `keys_per_step` per
+    /// `MIGRATE`, calling `between` after each step; returns the keys moved.
+    pub async fn migrate_slot<F, Fut>(
+        &self,
+        slot: u16,
+        from: &ClusterNode,
+        to: &ClusterNode,
+        keys_per_step: usize,
+        mut between: F,
+    ) -> anyhow::Result<usize>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        self.begin_slot_migration(slot, from, to).await?;
+        between().await;
+        let mut moved = 0;
+        loop {
+            let n = self
+                .migrate_slot_keys(slot, from, to, keys_per_step.max(1))
+                .await?;
+            if n == 0 {
+                break;
+            }
+            moved += n;
+            between().await;
+        }
+        self.finish_slot_migration(slot, from, to).await?;
+        Ok(moved)
+    }
+}

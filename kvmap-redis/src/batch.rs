@@ -21,6 +21,7 @@ use crate::client::{NodeAddr, SlotRange};
 use crate::error::map;
 use crate::scripts;
 use crate::store::Inner;
+use crate::wid::WriteId;
 
 /// Commands per pipeline.
 const CHUNK: usize = 64;
@@ -167,6 +168,12 @@ async fn exec(inner: &Arc<Inner>, cmds: Vec<(String, Cmd)>, write: bool) -> Vec<
         .collect()
 }
 
+/// A connection-level failure after which a write may or may not have
+/// run (its reply was lost): resent with its write id.
+fn is_lost_reply(e: &RedisError) -> bool {
+    map(e.clone(), Op::Apply, None).retry_class() == RetryClass::OutcomeUnknown
+}
+
 type RedisResultVec = std::result::Result<Vec<Value>, Option<RedisError>>;
 
 /// Reads `keys`, one result per key.
@@ -190,26 +197,30 @@ pub(crate) async fn get_many(inner: &Arc<Inner>, keys: Vec<Key>) -> Vec<Result<O
 /// Applies the operations, one result per operation; in durable-write
 /// mode one `WAIT` on every master at the end.
 pub(crate) async fn apply(inner: &Arc<Inner>, batch: Batch) -> Vec<Result<BatchOutcome>> {
-    let cmds = batch
-        .ops
-        .iter()
-        .map(|op| {
-            let skey = inner.server_key(op.key().as_str());
-            let cmd = match op {
-                BatchOp::Put {
-                    key,
-                    value,
-                    options,
-                } => inner.put_cmd(key, value, options),
-                BatchOp::Delete { key, options } => inner.delete_cmd(key, options),
-            };
-            (skey, cmd)
-        })
-        .collect();
+    let wids: Vec<WriteId> = batch.ops.iter().map(|_| WriteId::new()).collect();
+    let mut cmds = Vec::with_capacity(batch.ops.len());
+    for (op, wid) in batch.ops.iter().zip(&wids) {
+        let cmd = match op {
+            BatchOp::Put {
+                key,
+                value,
+                options,
+            } => inner.put_cmd(key, value, options, Op::Apply, wid),
+            BatchOp::Delete { key, options } => inner.delete_cmd(key, options, Op::Apply, wid),
+        };
+        match cmd {
+            Ok(cmd) => cmds.push((inner.server_key(op.key().as_str()), cmd)),
+            // Only a missing slot tag fails here, before anything is sent.
+            Err(e) => return batch.ops.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
     let outcomes = exec(inner, cmds, true).await;
     let mut out = Vec::with_capacity(batch.ops.len());
-    for (op, o) in batch.ops.iter().zip(outcomes) {
+    for ((op, o), wid) in batch.ops.iter().zip(outcomes).zip(&wids) {
         let key = op.key();
+        // A write whose pipeline lost its connection is resent alone with
+        // the same write id: the script applies it at most once.
+        let resend = matches!(&o, Outcome::Failed(e) if is_lost_reply(e));
         out.push(match (op, o) {
             (BatchOp::Put { .. }, Outcome::Done(v)) => {
                 Inner::put_outcome(&v, key, Op::Apply).map(BatchOutcome::Put)
@@ -217,17 +228,18 @@ pub(crate) async fn apply(inner: &Arc<Inner>, batch: Batch) -> Vec<Result<BatchO
             (BatchOp::Delete { .. }, Outcome::Done(v)) => {
                 Inner::delete_outcome(&v, key, Op::Apply).map(BatchOutcome::Deleted)
             }
-            (_, Outcome::Failed(e)) => Err(map(e, Op::Apply, Some(key.as_str()))),
-            (BatchOp::Put { value, options, .. }, Outcome::Retry) => inner
-                .put_one(key, value, options, Op::Apply, false)
+            (_, Outcome::Failed(e)) if !resend => Err(map(e, Op::Apply, Some(key.as_str()))),
+            (BatchOp::Put { value, options, .. }, _) => inner
+                .put_one(key, value, options, Op::Apply, false, wid)
                 .await
                 .map(BatchOutcome::Put),
-            (BatchOp::Delete { options, .. }, Outcome::Retry) => inner
-                .delete_one(key, options, Op::Apply, false)
+            (BatchOp::Delete { options, .. }, _) => inner
+                .delete_one(key, options, Op::Apply, false, wid)
                 .await
                 .map(BatchOutcome::Deleted),
         });
     }
+
     if inner.cfg.durable_writes.is_some() && out.iter().any(Result::is_ok) {
         if let Err(e) = inner.durable(None, Op::Apply, "").await {
             let e = e.with_retry(RetryClass::OutcomeUnknown);

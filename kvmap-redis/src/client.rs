@@ -11,7 +11,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{
-    AggregateOp, MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo,
+    AggregateOp, MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo,
+    SingleNodeRoutingInfo, SlotAddr,
 };
 use redis::{
     Client, Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, IntoConnectionInfo, RedisResult,
@@ -228,6 +229,47 @@ impl RedisClient {
         }
     }
 
+    /// Runs a pipeline on the master serving `skey`'s slot (standalone: on
+    /// the server), all of it on one connection. Redirects and resends
+    /// after a dropped connection apply to the whole pipeline.
+    pub(crate) async fn pipeline_on_key(
+        &self,
+        pipe: &redis::Pipeline,
+        skey: &str,
+    ) -> RedisResult<Vec<Value>> {
+        match &self.conn {
+            Conn::Standalone(c) => pipe.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => {
+                let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+                    skey.as_bytes(),
+                    SlotAddr::Master,
+                ));
+                c.clone()
+                    .route_pipeline(pipe.clone(), 0, pipe.len(), route)
+                    .await
+            }
+        }
+    }
+
+    /// Runs a command on the master serving `skey`'s slot (standalone: on
+    /// the server), whatever keys the command names.
+    pub(crate) async fn query_on_key<T: FromRedisValue>(
+        &self,
+        cmd: &Cmd,
+        skey: &str,
+    ) -> RedisResult<T> {
+        match &self.conn {
+            Conn::Standalone(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::with_key(skey.as_bytes(), SlotAddr::Master),
+                ));
+                let v = c.clone().route_command(cmd.clone(), routing).await?;
+                T::from_redis_value(v).map_err(Into::into)
+            }
+        }
+    }
+
     /// `WAIT replicas timeout` on the master of `route` (standalone: the
     /// server), or on every master (`route: None`). Returns the smallest
     /// number of replicas that acknowledged.
@@ -237,9 +279,7 @@ impl RedisClient {
         replicas: u32,
         timeout: Duration,
     ) -> RedisResult<i64> {
-        let mut cmd = redis::cmd("WAIT");
-        cmd.arg(replicas)
-            .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        let cmd = wait_cmd(replicas, timeout);
         match &self.conn {
             Conn::Standalone(c) => cmd.query_async(&mut c.clone()).await,
             Conn::Cluster(c) => {
@@ -374,6 +414,14 @@ impl RedisClient {
     pub(crate) fn db(&self) -> i64 {
         self.seed.redis_settings().db()
     }
+}
+
+/// `WAIT replicas timeout-ms`.
+pub(crate) fn wait_cmd(replicas: u32, timeout: Duration) -> Cmd {
+    let mut cmd = redis::cmd("WAIT");
+    cmd.arg(replicas)
+        .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+    cmd
 }
 
 fn connect_timeout() -> Error {

@@ -11,6 +11,7 @@ mod scripts;
 mod stale;
 mod store;
 mod watch;
+mod wid;
 
 pub use config::{DurableWrites, RedisConfig, Topology};
 pub use store::RedisStore;

@@ -82,6 +82,22 @@ fn slot_tags() -> &'static [u32] {
     })
 }
 
+/// A decimal hash tag whose slot is the slot of `server_key`: a key
+/// `{tag}...` lives on the same master (used for lock keys and write
+/// records).
+pub(crate) fn slot_tag(server_key: &str, op: Op, key: &str) -> Result<u32> {
+    let slot = key_slot(server_key.as_bytes());
+    match slot_tags().get(slot).copied() {
+        Some(tag) if tag != u32::MAX => Ok(tag),
+        _ => Err(own(
+            ErrorKind::Internal,
+            op,
+            Some(key),
+            format!("no hash tag found for slot {slot}"),
+        )),
+    }
+}
+
 /// The server keys of one lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LockKeys {
@@ -94,16 +110,7 @@ pub(crate) struct LockKeys {
 impl LockKeys {
     /// The lock keys of data key `server_key` (`namespace + key`).
     pub(crate) fn of(server_key: &str, key: &str) -> Result<Self> {
-        let slot = key_slot(server_key.as_bytes());
-        let tag = slot_tags().get(slot).copied().unwrap_or(u32::MAX);
-        if tag == u32::MAX {
-            return Err(own(
-                ErrorKind::Internal,
-                Op::Lock,
-                Some(key),
-                format!("no hash tag found for slot {slot}"),
-            ));
-        }
+        let tag = slot_tag(server_key, Op::Lock, key)?;
         Ok(Self {
             lease: format!("{{{tag}}}{LEASE_PREFIX}{server_key}"),
             fence: format!("{{{tag}}}{FENCE_PREFIX}{server_key}"),

@@ -11,9 +11,15 @@
 //! | `c` | the create revision (decimal) |
 //! | `e` | expiry in Unix milliseconds (only with a TTL; the hash also has a `PEXPIRE`) |
 //!
+//! Each applied write also leaves a **write record** for 60 s,
+//! `{T}__kvmap_w:<write id>` (a string in the key's slot, outside the
+//! namespace): `p<revision>` for a put, `d` for a delete. No records with
+//! an empty namespace (see the crate docs, *Exactly-once writes*).
+//!
 //! A key of another type fails the script's `HMGET` with `WRONGTYPE`
-//! (Redis 7 keeps the error code); a hash without the `r` field fails
-//! with `KVMAP_BADDATA`.
+//! (Redis 7 keeps the error code); a hash without the `r` field, or with
+//! fields kvmap cannot read, fails with `KVMAP_BADDATA` before anything
+//! is written.
 //!
 //! A revision is `max(previous + 1, server time in µs)`: strictly
 //! increasing per key, and still increasing across a delete and re-create
@@ -28,72 +34,110 @@ use redis::Value;
 
 use crate::error::own;
 
-/// Put: KEYS[1] = key; ARGV = value, mode (`o`/`c`/`u`), expected revision,
-/// ttl in ms (`0`: none), channel (empty: do not publish).
+/// The Lua both write scripts start with: argument checks, the read of the
+/// hash, validation of every field before the first write, and the write
+/// record (see the crate docs, *Exactly-once writes*).
 ///
-/// Replies `{'ok', rev, crev, exp}`, `{'exists', rev}` or `{'conflict', rev or ''}`.
-pub(crate) const PUT: &str = r#"
-local key = KEYS[1]
+/// Defines `key`, `wid`, `rs`/`r` (revision string/number or nil), `c`
+/// (create revision string, `'0'` if absent), `pv`, `pe` (previous value
+/// and expiry), `now_us`, `done` (this write's record if this call is a
+/// resend of a write already applied: `p<revision>` or `d`), and the
+/// functions `record(outcome)` (stores this write's record for 60 s) and
+/// `touch()` (a resend's write: the record's expiry again).
+macro_rules! write_prelude {
+    () => {
+        r#"
+local key, rec = KEYS[1], KEYS[2]
+local wid = ARGV[1]
+if rec and #wid ~= 16 then return redis.error_reply('KVMAP_BADARG write id') end
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local cur = redis.call('HMGET', key, 'r', 'c', 'v', 'e')
-local r, rs, c, pv, pe = nil, nil, nil, '', '0'
-if cur[1] then
-  rs = cur[1]; r = tonumber(rs); c = cur[2] or rs; pv = cur[3] or ''; pe = cur[4] or '0'
+local rs, r, c, pv, pe = cur[1], nil, '0', cur[3] or '', cur[4] or '0'
+if rs then
+  if not string.match(rs, '^%d+$') or (cur[2] and not string.match(cur[2], '^%d+$'))
+      or not string.match(pe, '^%d+$') then
+    return redis.error_reply('KVMAP_BADDATA unreadable revision fields')
+  end
+  r = tonumber(rs); c = cur[2] or rs
 elseif redis.call('EXISTS', key) == 1 then
   return redis.error_reply('KVMAP_BADDATA hash without revision field')
 end
-local mode = ARGV[2]
+local done = rec and redis.call('GET', rec)
+local function record(outcome)
+  if rec then redis.call('SET', rec, outcome, 'PX', 60000) end
+end
+-- A resend changes nothing, so it writes its record's expiry again: one
+-- write on this connection, so a WAIT after it covers the first send.
+local function touch() redis.call('PEXPIRE', rec, 60000) end
+"#
+    };
+}
+
+/// Put: KEYS[1] = key, KEYS[2] = the write record (optional); ARGV =
+/// write id, value, mode (`o`/`c`/`u`), expected revision, ttl in ms
+/// (`0`: none), channel (empty: do not publish).
+///
+/// Replies `{'ok', rev, crev, exp}` (a resend of an applied write:
+/// `{'ok', rev}`), `{'exists', rev}` or `{'conflict', rev or ''}`.
+/// Nothing is written before every argument and field is checked.
+pub(crate) const PUT: &str = concat!(
+    write_prelude!(),
+    r#"
+local mode, ttl = ARGV[3], tonumber(ARGV[5])
+if not ttl or ttl < 0 or ttl > 4503599627370496 or (mode ~= 'o' and mode ~= 'c' and mode ~= 'u') then
+  return redis.error_reply('KVMAP_BADARG put mode or ttl')
+end
+if done and string.sub(done, 1, 1) == 'p' then touch(); return {'ok', string.sub(done, 2)} end
 if mode == 'c' and r then return {'exists', rs} end
-if mode == 'u' and rs ~= ARGV[3] then return {'conflict', rs or ''} end
+if mode == 'u' and rs ~= ARGV[4] then return {'conflict', rs or ''} end
 local nr = now_us
 if r and r + 1 > nr then nr = r + 1 end
 local nrs = string.format('%.0f', nr)
-local cs = c or nrs
-local ttl = tonumber(ARGV[4])
+local cs = rs and c or nrs
 local e = '0'
 if ttl > 0 then
   e = string.format('%.0f', math.floor(now_us / 1000) + ttl)
-  redis.call('HSET', key, 'v', ARGV[1], 'r', nrs, 'c', cs, 'e', e)
+  redis.call('HSET', key, 'v', ARGV[2], 'r', nrs, 'c', cs, 'e', e)
   redis.call('PEXPIRE', key, ttl)
 else
-  redis.call('HSET', key, 'v', ARGV[1], 'r', nrs, 'c', cs)
+  redis.call('HSET', key, 'v', ARGV[2], 'r', nrs, 'c', cs)
   if pe ~= '0' then
     redis.call('HDEL', key, 'e')
     redis.call('PERSIST', key)
   end
 end
-if ARGV[5] ~= '' then
-  redis.call('PUBLISH', ARGV[5], 'P ' .. nrs .. ' ' .. cs .. ' ' .. e .. ' ' .. #key .. ' ' ..
-    (rs or '0') .. ' ' .. (c or '0') .. ' ' .. pe .. ' ' .. #pv .. '\n' .. key .. pv .. ARGV[1])
+record('p' .. nrs)
+if ARGV[6] ~= '' then
+  redis.call('PUBLISH', ARGV[6], 'P ' .. nrs .. ' ' .. cs .. ' ' .. e .. ' ' .. #key .. ' ' ..
+    (rs or '0') .. ' ' .. c .. ' ' .. pe .. ' ' .. #pv .. '\n' .. key .. pv .. ARGV[2])
 end
 return {'ok', nrs, cs, e}
-"#;
+"#
+);
 
-/// Delete: KEYS[1] = key; ARGV = expected revision (empty: any), channel.
+/// Delete: KEYS[1] = key, KEYS[2] = the write record (optional); ARGV =
+/// write id, expected revision (empty: any), channel.
 ///
-/// Replies `{'ok'}`, `{'absent'}` or `{'conflict', rev or ''}`.
-pub(crate) const DELETE: &str = r#"
-local key = KEYS[1]
-local cur = redis.call('HMGET', key, 'r', 'c', 'v', 'e')
-local r, rs, c, pv, pe = nil, nil, '0', '', '0'
-if cur[1] then
-  rs = cur[1]; r = tonumber(rs); c = cur[2] or rs; pv = cur[3] or ''; pe = cur[4] or '0'
-elseif redis.call('EXISTS', key) == 1 then
-  return redis.error_reply('KVMAP_BADDATA hash without revision field')
-end
-if ARGV[1] ~= '' and rs ~= ARGV[1] then return {'conflict', rs or ''} end
+/// Replies `{'ok'}` (also for a resend of an applied delete), `{'absent'}`
+/// or `{'conflict', rev or ''}`.
+pub(crate) const DELETE: &str = concat!(
+    write_prelude!(),
+    r#"
+if done == 'd' then touch(); return {'ok'} end
+if ARGV[2] ~= '' and rs ~= ARGV[2] then return {'conflict', rs or ''} end
 if not r then return {'absent'} end
 redis.call('DEL', key)
-if ARGV[2] ~= '' then
-  local t = redis.call('TIME')
-  local nr = tonumber(t[1]) * 1000000 + tonumber(t[2])
+record('d')
+if ARGV[3] ~= '' then
+  local nr = now_us
   if r + 1 > nr then nr = r + 1 end
-  redis.call('PUBLISH', ARGV[2], 'D ' .. string.format('%.0f', nr) .. ' 0 0 ' .. #key .. ' ' ..
+  redis.call('PUBLISH', ARGV[3], 'D ' .. string.format('%.0f', nr) .. ' 0 0 ' .. #key .. ' ' ..
     rs .. ' ' .. c .. ' ' .. pe .. ' ' .. #pv .. '\n' .. key .. pv)
 end
 return {'ok'}
-"#;
+"#
+);
 
 /// Lock acquire: KEYS[1] = lease, KEYS[2] = fencing counter (same slot);
 /// ARGV = owner id, ttl in ms.

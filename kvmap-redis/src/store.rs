@@ -10,12 +10,13 @@ use kvmap_core::{
     RetryClass, Revision, Scope, Support, WatchRequest, WatchStream,
 };
 use redis::cluster_routing::{Route, SlotAddr};
-use redis::{Script, Value};
+use redis::{FromRedisValue, Script, ServerErrorKind as SK, Value};
 
 use crate::client::RedisClient;
 use crate::config::RedisConfig;
 use crate::error::{map, own, BACKEND};
 use crate::scripts::{self, DeleteReply, PutReply, FIELDS, META_FIELDS};
+use crate::wid::{self, WriteId};
 
 /// How many requests of one batch are in flight at once (they are
 /// pipelined on each node's connection).
@@ -144,34 +145,55 @@ impl Inner {
         (mode, expected, ttl_ms)
     }
 
-    /// The put script as a plain `EVALSHA` (for pipelines).
-    pub(crate) fn put_cmd(&self, key: &Key, value: &Bytes, options: &PutOptions) -> redis::Cmd {
-        let (mode, expected, ttl_ms) = Self::put_args(options);
+    /// `EVALSHA` of `script` on the key (and its write record, if any)
+    /// with the write id as the first argument.
+    fn write_cmd(&self, script: &Script, key: &Key, op: Op, wid: &WriteId) -> Result<redis::Cmd> {
+        let skey = self.server_key(key.as_str());
+        let record = wid.record_key(&self.cfg.namespace, &skey, op, key.as_str())?;
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.put.get_hash())
-            .arg(1)
-            .arg(self.server_key(key.as_str()))
-            .arg(value.as_ref())
+        cmd.arg(script.get_hash());
+        match record {
+            Some(t) => cmd.arg(2).arg(skey).arg(t),
+            None => cmd.arg(1).arg(skey),
+        };
+        cmd.arg(wid.as_str());
+        Ok(cmd)
+    }
+
+    /// The put script call (also for pipelines).
+    pub(crate) fn put_cmd(
+        &self,
+        key: &Key,
+        value: &Bytes,
+        options: &PutOptions,
+        op: Op,
+        wid: &WriteId,
+    ) -> Result<redis::Cmd> {
+        let (mode, expected, ttl_ms) = Self::put_args(options);
+        let mut cmd = self.write_cmd(&self.put, key, op, wid)?;
+        cmd.arg(value.as_ref())
             .arg(mode)
             .arg(expected)
             .arg(ttl_ms)
             .arg(&self.channel);
-        cmd
+        Ok(cmd)
     }
 
-    /// The delete script as a plain `EVALSHA` (for pipelines).
-    pub(crate) fn delete_cmd(&self, key: &Key, options: &DeleteOptions) -> redis::Cmd {
+    /// The delete script call (also for pipelines).
+    pub(crate) fn delete_cmd(
+        &self,
+        key: &Key,
+        options: &DeleteOptions,
+        op: Op,
+        wid: &WriteId,
+    ) -> Result<redis::Cmd> {
         let expected = options
             .if_revision
             .map(|r| r.to_string())
             .unwrap_or_default();
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.delete.get_hash())
-            .arg(1)
-            .arg(self.server_key(key.as_str()))
-            .arg(expected)
-            .arg(&self.channel);
-        cmd
+        let mut cmd = self.write_cmd(&self.delete, key, op, wid)?;
+        cmd.arg(expected).arg(&self.channel);
+        Ok(cmd)
     }
 
     pub(crate) fn put_outcome(v: &Value, key: &Key, op: Op) -> Result<Revision> {
@@ -205,6 +227,81 @@ impl Inner {
         }
     }
 
+    /// Runs one write script call `cmd` (of the script with source `code`) on the key's master;
+    /// with `wait` in durable-write mode, `WAIT` follows in the same
+    /// pipeline on the same connection (and is resent with it).
+    ///
+    /// A reply lost to a dropped connection or a timeout is resent with
+    /// the same write id (at most [`wid::RESENDS`] times), which the
+    /// script recognises; `NOSCRIPT` loads the script on that master and
+    /// sends again. Returns the script's reply.
+    async fn run_write(
+        &self,
+        code: &str,
+        cmd: &redis::Cmd,
+        key: &Key,
+        op: Op,
+        wait: bool,
+    ) -> Result<Value> {
+        let skey = self.server_key(key.as_str());
+        let durable = self.cfg.durable_writes.filter(|_| wait);
+        let mut resends = 0;
+        let mut loaded = false;
+        loop {
+            let sent = match durable {
+                None => self.client.query::<Value>(cmd).await.map(|v| (v, None)),
+                Some(d) => {
+                    let mut pipe = redis::pipe();
+                    pipe.add_command(cmd.clone());
+                    pipe.add_command(crate::client::wait_cmd(d.replicas, d.timeout));
+                    self.client
+                        .pipeline_on_key(&pipe, &skey)
+                        .await
+                        .and_then(|mut v| {
+                            // A pipeline's per-command errors may come back
+                            // as values: they are errors all the same.
+                            let acked = match v.pop() {
+                                Some(Value::ServerError(e)) => return Err(e.into()),
+                                Some(w) => Some(i64::from_redis_value(w)?),
+                                None => None,
+                            };
+                            match v.pop() {
+                                Some(Value::ServerError(e)) => Err(e.into()),
+                                Some(reply) => Ok((reply, acked)),
+                                None => Ok((Value::Nil, acked)),
+                            }
+                        })
+                }
+            };
+            match sent {
+                Ok((reply, acked)) => {
+                    if let (Some(d), Some(acked)) = (durable, acked) {
+                        self.check_acked(acked, d, op, key.as_str())?;
+                    }
+                    return Ok(reply);
+                }
+                Err(e) if e.kind() == redis::ErrorKind::Server(SK::NoScript) && !loaded => {
+                    loaded = true;
+                    let mut load = redis::cmd("SCRIPT");
+                    load.arg("LOAD").arg(code);
+                    self.client
+                        .query_on_key::<String>(&load, &skey)
+                        .await
+                        .map_err(|e| map(e, op, Some(key.as_str())))?;
+                }
+                Err(e) => {
+                    let err = map(e, op, Some(key.as_str()));
+                    if err.retry_class() != RetryClass::OutcomeUnknown || resends >= wid::RESENDS {
+                        return Err(err);
+                    }
+                    tokio::time::sleep(wid::resend_pause(resends)).await;
+                    resends += 1;
+                    tracing::debug!(op = ?op, resends, "redis write reply lost; resending with its write id");
+                }
+            }
+        }
+    }
+
     pub(crate) async fn put_one(
         &self,
         key: &Key,
@@ -212,25 +309,11 @@ impl Inner {
         options: &PutOptions,
         op: Op,
         wait: bool,
+        wid: &WriteId,
     ) -> Result<Revision> {
-        let skey = self.server_key(key.as_str());
-        let (mode, expected, ttl_ms) = Self::put_args(options);
-        let mut inv = self.put.key(&skey);
-        inv.arg(value.as_ref())
-            .arg(mode)
-            .arg(expected)
-            .arg(ttl_ms)
-            .arg(&self.channel);
-        let v = self
-            .client
-            .invoke(&inv)
-            .await
-            .map_err(|e| map(e, op, Some(key.as_str())))?;
-        let rev = Self::put_outcome(&v, key, op)?;
-        if wait {
-            self.durable(Some(&skey), op, key.as_str()).await?;
-        }
-        Ok(rev)
+        let cmd = self.put_cmd(key, value, options, op, wid)?;
+        let v = self.run_write(scripts::PUT, &cmd, key, op, wait).await?;
+        Self::put_outcome(&v, key, op)
     }
 
     pub(crate) async fn delete_one(
@@ -239,24 +322,34 @@ impl Inner {
         options: &DeleteOptions,
         op: Op,
         wait: bool,
+        wid: &WriteId,
     ) -> Result<bool> {
-        let skey = self.server_key(key.as_str());
-        let expected = options
-            .if_revision
-            .map(|r| r.to_string())
-            .unwrap_or_default();
-        let mut inv = self.delete.key(&skey);
-        inv.arg(expected).arg(&self.channel);
-        let v = self
-            .client
-            .invoke(&inv)
-            .await
-            .map_err(|e| map(e, op, Some(key.as_str())))?;
-        let deleted = Self::delete_outcome(&v, key, op)?;
-        if deleted && wait {
-            self.durable(Some(&skey), op, key.as_str()).await?;
+        let cmd = self.delete_cmd(key, options, op, wid)?;
+        let v = self.run_write(scripts::DELETE, &cmd, key, op, wait).await?;
+        Self::delete_outcome(&v, key, op)
+    }
+
+    /// The error of a durable write whose `WAIT` saw too few replicas.
+    pub(crate) fn check_acked(
+        &self,
+        acked: i64,
+        d: crate::config::DurableWrites,
+        op: Op,
+        key: &str,
+    ) -> Result<()> {
+        if acked < i64::from(d.replicas) {
+            return Err(own(
+                ErrorKind::Timeout,
+                op,
+                Some(key),
+                format!(
+                    "durable write: {acked} of {} replicas acknowledged within {:?} (applied on the master, may be lost on failover)",
+                    d.replicas, d.timeout
+                ),
+            )
+            .with_retry(RetryClass::OutcomeUnknown));
         }
-        Ok(deleted)
+        Ok(())
     }
 
     /// In durable-write mode, waits for the replicas of the master that
@@ -289,20 +382,25 @@ impl Inner {
                 };
                 err.with_retry(RetryClass::OutcomeUnknown)
             })?;
-        if acked < i64::from(d.replicas) {
-            return Err(own(
-                ErrorKind::Timeout,
-                op,
-                Some(key),
-                format!(
-                    "durable write: {acked} of {} replicas acknowledged within {:?} (applied on the master, may be lost on failover)",
-                    d.replicas, d.timeout
-                ),
-            )
-            .with_retry(RetryClass::OutcomeUnknown));
-        }
-        Ok(())
+        self.check_acked(acked, d, op, key)
     }
+}
+
+/// `Consistency::Strong` is refused: a Redis master's reads are not
+/// linearizable across a failover (asynchronous replication), so the
+/// capability is declared unsupported rather than claimed.
+fn refuse_strong(ctx: &Context, op: Op, key: Option<&str>) -> Result<()> {
+    if ctx.consistency() == Consistency::Strong {
+        return Err(own(
+            ErrorKind::Unsupported {
+                capability: kvmap_core::Capability::StrongRead,
+            },
+            op,
+            key,
+            "redis replicates asynchronously, so no read is linearizable across a failover; Consistency::Default reads the master",
+        ));
+    }
+    Ok(())
 }
 
 fn check_put(
@@ -340,12 +438,14 @@ impl KvStore for RedisStore {
             .with(kvmap_core::Capability::AtomicBatch, Support::Unsupported)
             .with(kvmap_core::Capability::Cas, Support::Emulated)
             .with(kvmap_core::Capability::StaleRead, Support::Emulated)
+            .with(kvmap_core::Capability::StrongRead, Support::Unsupported)
             .with(kvmap_core::Capability::Lock, lock)
             .with_limits(self.inner.cfg.limits)
     }
 
     async fn get(&self, ctx: &Context, key: &Key) -> Result<Option<Entry>> {
         self.inner.cfg.limits.check_key(key)?;
+        refuse_strong(ctx, Op::Get, Some(key.as_str()))?;
         let scope = self.scope(Op::Get, Some(key.as_str()));
         match ctx.consistency() {
             Consistency::Stale { max_staleness } => {
@@ -367,7 +467,8 @@ impl KvStore for RedisStore {
         let scope = self.scope(Op::Put, Some(key.as_str()));
         ctx.run(
             scope,
-            self.inner.put_one(key, &value, &options, Op::Put, true),
+            self.inner
+                .put_one(key, &value, &options, Op::Put, true, &WriteId::new()),
         )
         .await
     }
@@ -377,13 +478,15 @@ impl KvStore for RedisStore {
         let scope = self.scope(Op::Delete, Some(key.as_str()));
         ctx.run(
             scope,
-            self.inner.delete_one(key, &options, Op::Delete, true),
+            self.inner
+                .delete_one(key, &options, Op::Delete, true, &WriteId::new()),
         )
         .await
     }
 
     async fn list(&self, ctx: &Context, request: &ListRequest) -> Result<ListPage> {
         request.validate()?;
+        refuse_strong(ctx, Op::List, None)?;
         let scope = self.scope(Op::List, Some(request.range.start()));
         ctx.run(scope, crate::list::list_page(self.inner.clone(), request))
             .await
@@ -401,6 +504,7 @@ impl KvStore for RedisStore {
 
     async fn get_many(&self, ctx: &Context, keys: &[Key]) -> Result<Vec<Result<Option<Entry>>>> {
         self.inner.cfg.limits.check_keys(keys)?;
+        refuse_strong(ctx, Op::GetMany, None)?;
         let marker = ctx.fresh_read_staleness();
         let inner = self.inner.clone();
         let keys = keys.to_vec();

@@ -534,43 +534,6 @@ fn crc16_xmodem(data: &[u8]) -> u16 {
     crc
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_slots_match_redis() {
-        // Values from the Redis Cluster specification / CLUSTER KEYSLOT.
-        assert_eq!(key_slot(b"foo"), 12182);
-        assert_eq!(key_slot(b"bar"), 5061);
-        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
-        assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
-        assert_eq!(crc16_xmodem(b"123456789"), 0x31C3);
-    }
-
-    #[test]
-    fn parses_nodes_lines() {
-        let m = parse_cluster_nodes_line(
-            "07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@31004 myself,master - 0 1426238317239 4 connected 0-5460 5462 [5461->-abc]",
-        )
-        .expect("parse");
-        assert_eq!(m.port, 30004);
-        assert_eq!(m.role, Role::Master);
-        assert_eq!(m.slots, vec![0..=5460, 5462..=5462]);
-        assert!(m.owns_slot(5462) && !m.owns_slot(5461));
-        let r = parse_cluster_nodes_line(
-            "e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 slave,fail 07c37dfeb235213a872192d90877d0cd55635b91 0 1426238316232 1 disconnected",
-        )
-        .expect("parse");
-        assert_eq!(r.role, Role::Replica);
-        assert!(r.failing && !r.connected);
-        assert_eq!(
-            r.master_id.as_deref(),
-            Some("07c37dfeb235213a872192d90877d0cd55635b91")
-        );
-    }
-}
-
 /// Slot migration by hand, step by step (the protocol `redis-cli --cluster
 /// reshard` runs): [`RedisCluster::begin_slot_migration`], then
 /// [`RedisCluster::migrate_slot_keys`] until it returns 0, then
@@ -705,5 +668,42 @@ impl RedisCluster {
         }
         self.finish_slot_migration(slot, from, to).await?;
         Ok(moved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_slots_match_redis() {
+        // Values from the Redis Cluster specification / CLUSTER KEYSLOT.
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"bar"), 5061);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
+        assert_eq!(crc16_xmodem(b"123456789"), 0x31C3);
+    }
+
+    #[test]
+    fn parses_nodes_lines() {
+        let m = parse_cluster_nodes_line(
+            "07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@31004 myself,master - 0 1426238317239 4 connected 0-5460 5462 [5461->-abc]",
+        )
+        .expect("parse");
+        assert_eq!(m.port, 30004);
+        assert_eq!(m.role, Role::Master);
+        assert_eq!(m.slots, vec![0..=5460, 5462..=5462]);
+        assert!(m.owns_slot(5462) && !m.owns_slot(5461));
+        let r = parse_cluster_nodes_line(
+            "e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 slave,fail 07c37dfeb235213a872192d90877d0cd55635b91 0 1426238316232 1 disconnected",
+        )
+        .expect("parse");
+        assert_eq!(r.role, Role::Replica);
+        assert!(r.failing && !r.connected);
+        assert_eq!(
+            r.master_id.as_deref(),
+            Some("07c37dfeb235213a872192d90877d0cd55635b91")
+        );
     }
 }

@@ -234,7 +234,9 @@ impl Inner {
     /// A reply lost to a dropped connection or a timeout is resent with
     /// the same write id (at most [`wid::RESENDS`] times), which the
     /// script recognises; `NOSCRIPT` loads the script on that master and
-    /// sends again. Returns the script's reply.
+    /// sends again. Returns the script's reply and, in durable mode, how
+    /// many replicas the `WAIT` saw (checked by the caller only for an
+    /// applied write: a refused one wrote nothing to replicate).
     async fn run_write(
         &self,
         code: &str,
@@ -242,7 +244,7 @@ impl Inner {
         key: &Key,
         op: Op,
         wait: bool,
-    ) -> Result<Value> {
+    ) -> Result<(Value, Option<i64>)> {
         let skey = self.server_key(key.as_str());
         let durable = self.cfg.durable_writes.filter(|_| wait);
         let mut resends = 0;
@@ -274,12 +276,7 @@ impl Inner {
                 }
             };
             match sent {
-                Ok((reply, acked)) => {
-                    if let (Some(d), Some(acked)) = (durable, acked) {
-                        self.check_acked(acked, d, op, key.as_str())?;
-                    }
-                    return Ok(reply);
-                }
+                Ok(sent) => return Ok(sent),
                 Err(e) if e.kind() == redis::ErrorKind::Server(SK::NoScript) && !loaded => {
                     loaded = true;
                     let mut load = redis::cmd("SCRIPT");
@@ -312,8 +309,10 @@ impl Inner {
         wid: &WriteId,
     ) -> Result<Revision> {
         let cmd = self.put_cmd(key, value, options, op, wid)?;
-        let v = self.run_write(scripts::PUT, &cmd, key, op, wait).await?;
-        Self::put_outcome(&v, key, op)
+        let (v, acked) = self.run_write(scripts::PUT, &cmd, key, op, wait).await?;
+        let rev = Self::put_outcome(&v, key, op)?;
+        self.check_applied(acked, op, key.as_str())?;
+        Ok(rev)
     }
 
     pub(crate) async fn delete_one(
@@ -325,8 +324,21 @@ impl Inner {
         wid: &WriteId,
     ) -> Result<bool> {
         let cmd = self.delete_cmd(key, options, op, wid)?;
-        let v = self.run_write(scripts::DELETE, &cmd, key, op, wait).await?;
-        Self::delete_outcome(&v, key, op)
+        let (v, acked) = self.run_write(scripts::DELETE, &cmd, key, op, wait).await?;
+        let deleted = Self::delete_outcome(&v, key, op)?;
+        if deleted {
+            self.check_applied(acked, op, key.as_str())?;
+        }
+        Ok(deleted)
+    }
+
+    /// In durable mode, the error of an applied write whose `WAIT` saw
+    /// `acked` replicas, too few.
+    fn check_applied(&self, acked: Option<i64>, op: Op, key: &str) -> Result<()> {
+        match (self.cfg.durable_writes, acked) {
+            (Some(d), Some(acked)) => self.check_acked(acked, d, op, key),
+            _ => Ok(()),
+        }
     }
 
     /// The error of a durable write whose `WAIT` saw too few replicas.

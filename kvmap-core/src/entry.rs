@@ -89,6 +89,7 @@ pub enum PutMode {
 
 /// Options of a put.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct PutOptions {
     /// The condition.
     pub mode: PutMode,
@@ -123,6 +124,11 @@ impl PutOptions {
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self
+    }
+
+    /// A write with this condition and TTL (`None`: no TTL).
+    pub fn with(mode: PutMode, ttl: Option<Duration>) -> Self {
+        Self { mode, ttl }
     }
 
     /// The longest TTL any store accepts: 100 years. Longer TTLs are an
@@ -163,6 +169,7 @@ impl PutOptions {
 
 /// Options of a delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct DeleteOptions {
     /// Delete only if the key's current revision is this one, else
     /// [`ErrorKind::Conflict`].
@@ -255,6 +262,7 @@ pub const DEFAULT_PAGE_SIZE: usize = 1000;
 /// A list request: a range, an optional limit, a continuation cursor and
 /// a keys-only switch.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ListRequest {
     /// The keys covered.
     pub range: KeyRange,
@@ -300,6 +308,16 @@ impl ListRequest {
     pub fn with_cursor(mut self, cursor: Option<String>) -> Self {
         self.cursor = cursor;
         self
+    }
+
+    /// A request for every entry of `range`, first page, default size.
+    pub fn over(range: KeyRange) -> Self {
+        Self {
+            range,
+            limit: None,
+            cursor: None,
+            keys_only: false,
+        }
     }
 
     /// Keys only.
@@ -415,6 +433,13 @@ impl BatchOp {
 }
 
 /// A list of writes applied by [`KvStore::apply`](crate::KvStore::apply).
+///
+/// Operations apply in order, as if one after the other: several
+/// operations on one key are allowed and the last one wins (a put then a
+/// delete leaves the key absent, a second put's value is the one stored).
+/// Each put's outcome is its revision; in an atomic batch the puts of one
+/// key may share the batch's single commit revision (Consul), elsewhere
+/// they increase.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Batch {
     /// The operations, in order.

@@ -213,8 +213,30 @@ type Source = Arc<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// Messages are lowercase with context, e.g.
 /// `redis: put "users/7": value too large (2000000 bytes, max 1048576)`.
+///
+/// `Display` shows this error only; the underlying cause (a RocksDB
+/// status, an I/O or HTTP error) is [`std::error::Error::source`], as the
+/// Rust API guidelines ask, so error reporters do not print it twice.
+/// [`Error::report`] displays the whole chain on one line, for logs and
+/// command-line output.
 #[derive(Clone)]
 pub struct Error(Box<Inner>);
+
+/// [`Error::report`]: an error and its chain of sources, `: `-separated.
+#[derive(Debug, Clone, Copy)]
+pub struct Report<'a>(&'a Error);
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = std::error::Error::source(self.0);
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
+    }
+}
 
 #[derive(Clone)]
 struct Inner {
@@ -228,6 +250,13 @@ struct Inner {
 }
 
 impl Error {
+    /// Displays this error followed by its chain of sources, e.g.
+    /// `rocksdb: open: backend unavailable: i/o error: IO error: ...`:
+    /// for logs and command-line output, where the cause matters.
+    pub fn report(&self) -> Report<'_> {
+        Report(self)
+    }
+
     /// A new error of `kind` with no context yet.
     pub fn new(kind: ErrorKind) -> Self {
         Self(Box::new(Inner {
@@ -320,8 +349,10 @@ impl Error {
     /// Whether the same request may be sent again.
     ///
     /// Derived from the kind and whether the operation writes, unless the
-    /// backend set it explicitly: a timeout, cancellation or dropped
-    /// connection during a write is [`RetryClass::OutcomeUnknown`];
+    /// backend set it explicitly: a timeout or an `Unavailable` error
+    /// during a write (a dropped connection, an i/o error while syncing)
+    /// is [`RetryClass::OutcomeUnknown`] unless the backend marks it
+    /// [`RetryClass::Safe`] because it knows nothing ran;
     /// transient kinds on reads are [`RetryClass::Safe`]; bad input,
     /// conflicts and permission errors are [`RetryClass::Never`].
     pub fn retry_class(&self) -> RetryClass {
@@ -330,7 +361,9 @@ impl Error {
         }
         let write = self.0.op.is_some_and(Op::is_write);
         match self.0.kind {
-            ErrorKind::Timeout if write => RetryClass::OutcomeUnknown,
+            // A backend that knows nothing ran (a refused connection, a
+            // server that rejected the command) says so with `with_retry`.
+            ErrorKind::Timeout | ErrorKind::Unavailable if write => RetryClass::OutcomeUnknown,
             ErrorKind::Timeout
             | ErrorKind::Unavailable
             | ErrorKind::CircuitOpen
@@ -405,9 +438,6 @@ impl fmt::Display for Error {
         if let Some(d) = &self.0.detail {
             write!(f, ": {d}")?;
         }
-        if let Some(s) = &self.0.source {
-            write!(f, ": {s}")?;
-        }
         Ok(())
     }
 }
@@ -465,7 +495,14 @@ mod tests {
         let cases = [
             (ErrorKind::Timeout, Op::Get, RetryClass::Safe),
             (ErrorKind::Timeout, Op::Put, RetryClass::OutcomeUnknown),
-            (ErrorKind::Unavailable, Op::Put, RetryClass::Safe),
+            (ErrorKind::Unavailable, Op::Put, RetryClass::OutcomeUnknown),
+            (
+                ErrorKind::Unavailable,
+                Op::Apply,
+                RetryClass::OutcomeUnknown,
+            ),
+            (ErrorKind::Unavailable, Op::Get, RetryClass::Safe),
+            (ErrorKind::Unavailable, Op::List, RetryClass::Safe),
             (
                 ErrorKind::Conflict { current: None },
                 Op::Put,
@@ -486,8 +523,12 @@ mod tests {
         }
         let e = Error::new(ErrorKind::Unavailable)
             .with_op(Op::Put)
-            .with_retry(RetryClass::OutcomeUnknown);
-        assert_eq!(e.retry_class(), RetryClass::OutcomeUnknown);
+            .with_retry(RetryClass::Safe);
+        assert_eq!(
+            e.retry_class(),
+            RetryClass::Safe,
+            "a backend's explicit class wins"
+        );
     }
 
     #[test]
@@ -505,6 +546,8 @@ mod tests {
         let io = std::io::Error::other("boom");
         let e = Error::new(ErrorKind::Unavailable).with_source(io);
         assert!(std::error::Error::source(&e).is_some());
-        assert!(e.to_string().ends_with("boom"));
+        // Display does not repeat the source; the report shows the chain.
+        assert!(!e.to_string().contains("boom"), "{e}");
+        assert_eq!(e.report().to_string(), format!("{e}: boom"));
     }
 }

@@ -189,6 +189,32 @@ mod tests {
         assert!(check_prefix("").is_ok());
     }
 
+    /// Moved from the conformance suite (`key_empty_is_invalid`,
+    /// `key_with_control_characters_is_invalid`,
+    /// `key_with_leading_slash_is_invalid`): `Key::new` enforces these for
+    /// every backend.
+    #[test]
+    fn invalid_keys_are_typed() {
+        assert_eq!(Key::new("").unwrap_err().kind(), ErrorKind::InvalidKey);
+        for bad in ["a\0b", "line\nbreak", "tab\there", "del\u{7f}", "c1\u{9b}"] {
+            let e = Key::new(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidKey, "{bad:?}");
+        }
+        assert_eq!(Key::new("/abs").unwrap_err().kind(), ErrorKind::InvalidKey);
+    }
+
+    /// Dots, slashes, spaces and glob or hash-tag characters are literal
+    /// (the conformance case `key_dots_and_slashes_are_literal` checks
+    /// that every backend stores them as given).
+    #[test]
+    fn segments_are_literal() {
+        for s in [
+            "a/./b", "a/../b", "a//b", "a/b/", "a b", "a*b?[c]", "{tag}x",
+        ] {
+            assert_eq!(Key::new(s).unwrap().as_str(), s);
+        }
+    }
+
     #[test]
     fn long_keys_are_truncated_in_messages() {
         let e = Key::new(format!("é{}", "x".repeat(9000))).unwrap_err();

@@ -37,6 +37,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod backend;
 mod capability;
 mod context;
 mod entry;
@@ -54,20 +55,20 @@ pub mod watch;
 pub mod conformance;
 
 pub use capability::{Capabilities, Capability, Limits, Support};
-pub use context::{Consistency, Context, Scope};
+pub use context::{Consistency, Context};
 pub use entry::{
-    prefix_end, Batch, BatchOp, BatchOutcome, DeleteOptions, Entry, KeyRange, ListPage,
-    ListRequest, PutMode, PutOptions, Revision, DEFAULT_PAGE_SIZE,
+    Batch, BatchOp, BatchOutcome, DeleteOptions, Entry, KeyRange, ListPage, ListRequest, PutMode,
+    PutOptions, Revision, DEFAULT_PAGE_SIZE,
 };
-pub use error::{Error, ErrorKind, Op, Result, RetryClass};
-pub use key::{check_prefix, Key};
+pub use error::{Error, ErrorKind, Op, Report, Result, RetryClass};
+pub use key::Key;
 pub use lock::{Fence, FencingToken, LockGuard, LockOptions};
 pub use memory::{MemoryConfig, MemoryStore};
 pub use namespace::Namespaced;
 pub use redact::{is_secret_param, redact_url};
 pub use store::{KvStore, KvStoreExt, SharedStoreExt};
 pub use typed::{Codec, Json, Typed, Versioned};
-pub use watch::{ChangeFeed, ChangeSource, WatchEvent, WatchRequest, WatchStream, WatchTarget};
+pub use watch::{WatchEvent, WatchRequest, WatchStream, WatchTarget};
 
 pub use bytes::Bytes;
 pub use tokio_util::sync::CancellationToken;

@@ -20,12 +20,16 @@ use crate::error::{Error, ErrorKind, Op, Result};
 use crate::key::Key;
 use crate::lock::{LocalLocks, LockGuard, LockOptions, MemoryTokens};
 use crate::store::KvStore;
-use crate::watch::{ChangeFeed, ChangeSource, WatchEvent, WatchRequest, WatchStream};
+use crate::watch::{
+    history_scan_limit, ChangeFeed, ChangeSource, HistoryChunk, WatchEvent, WatchRequest,
+    WatchStream,
+};
 
 const NAME: &str = "memory";
 
 /// Settings of a [`MemoryStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MemoryConfig {
     /// Size limits.
     pub limits: Limits,
@@ -319,19 +323,37 @@ impl ChangeSource for Inner {
         Ok((entries, st.revision))
     }
 
-    async fn history(&self, from: Revision) -> Result<Vec<WatchEvent>> {
+    async fn history(
+        &self,
+        from: Revision,
+        range: &KeyRange,
+        max_events: usize,
+    ) -> Result<HistoryChunk> {
         let st = self.lock();
         if from <= st.compacted {
             return Err(Error::new(ErrorKind::Compacted {
                 oldest: st.compacted + 1,
-            }));
+            })
+            .with_detail(format!(
+                "the change history starts at revision {}",
+                st.compacted + 1
+            )));
         }
-        Ok(st
-            .history
-            .iter()
-            .filter(|e| e.revision() >= from)
-            .cloned()
-            .collect())
+        let scan_limit = history_scan_limit(max_events);
+        // The history is in revision order.
+        let start = st.history.partition_point(|e| e.revision() < from);
+        let mut events = Vec::new();
+        let mut scanned_through = from.saturating_sub(1);
+        for (scanned, ev) in st.history.range(start..).enumerate() {
+            if events.len() >= max_events || scanned >= scan_limit {
+                return Ok(HistoryChunk::new(events, scanned_through, true));
+            }
+            scanned_through = ev.revision();
+            if ev.key().is_some_and(|k| range.contains(k.as_str())) {
+                events.push(ev.clone());
+            }
+        }
+        Ok(HistoryChunk::new(events, scanned_through, false))
     }
 }
 
@@ -499,6 +521,7 @@ fn check_batch_conditions(st: &State, batch: &Batch, now: Instant) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::watch::HISTORY_CHUNK_EVENTS;
     use futures::StreamExt;
 
     #[tokio::test(flavor = "multi_thread")]
@@ -521,5 +544,212 @@ mod tests {
         }
         let ev = tokio::time::timeout(std::time::Duration::from_secs(2), s.next()).await;
         assert!(matches!(ev, Ok(Some(Ok(WatchEvent::Resync { .. })))));
+    }
+
+    /// Delegates to the store's source, counting history reads.
+    struct Counting {
+        inner: Arc<Inner>,
+        history_calls: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ChangeSource for Counting {
+        async fn snapshot(&self, range: &KeyRange) -> Result<(Vec<Entry>, Revision)> {
+            self.inner.snapshot(range).await
+        }
+
+        async fn history(
+            &self,
+            from: Revision,
+            range: &KeyRange,
+            max_events: usize,
+        ) -> Result<HistoryChunk> {
+            self.history_calls
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.history(from, range, max_events).await
+        }
+    }
+
+    async fn put(store: &MemoryStore, key: &str, value: &str) -> Revision {
+        store
+            .put(
+                &Context::new(),
+                &Key::new(key).unwrap(),
+                Bytes::from(value.to_owned()),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap()
+    }
+
+    async fn next_event(s: &mut WatchStream) -> WatchEvent {
+        tokio::time::timeout(std::time::Duration::from_secs(5), s.next())
+            .await
+            .expect("an event in time")
+            .expect("the stream goes on")
+            .expect("no error")
+    }
+
+    async fn assert_quiet(s: &mut WatchStream) {
+        let more = tokio::time::timeout(std::time::Duration::from_millis(100), s.next()).await;
+        assert!(more.is_err(), "unexpected item {more:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn resumed_watch_replays_history_lazily_in_chunks() {
+        let store = MemoryStore::with_config(MemoryConfig::default().with_history_limit(20_000));
+        for i in 0..10_000 {
+            let key = if i % 10 == 0 {
+                format!("hit/{i:05}")
+            } else {
+                format!("miss/{i:05}")
+            };
+            put(&store, &key, &i.to_string()).await;
+        }
+        let counting = Arc::new(Counting {
+            inner: store.inner.clone(),
+            history_calls: Default::default(),
+        });
+        let source: Arc<dyn ChangeSource> = counting.clone();
+        let ctx = Context::new();
+        let mut s = store
+            .inner
+            .feed
+            .watch(
+                NAME,
+                &ctx,
+                WatchRequest::prefix("hit/").from_revision(1),
+                source,
+            )
+            .await
+            .unwrap();
+        let calls = || {
+            counting
+                .history_calls
+                .load(std::sync::atomic::Ordering::SeqCst)
+        };
+        assert_eq!(calls(), 1, "only the first chunk is read up-front");
+        // Committed after the subscription: in the later history chunks
+        // and in the live receiver, delivered once.
+        let during = put(&store, "hit/during", "d").await;
+        put(&store, "miss/during", "d").await;
+        for n in 0..1000u64 {
+            let ev = next_event(&mut s).await;
+            let WatchEvent::Put { entry, prev } = ev else {
+                panic!("expected a put, got {ev:?}");
+            };
+            assert_eq!(entry.revision, n * 10 + 1);
+            assert_eq!(entry.key.as_str(), format!("hit/{:05}", n * 10));
+            assert!(prev.is_none());
+        }
+        assert!(calls() >= 4, "history read in chunks ({} reads)", calls());
+        let ev = next_event(&mut s).await;
+        assert_eq!(ev.key().map(Key::as_str), Some("hit/during"));
+        assert_eq!(ev.revision(), during);
+        put(&store, "miss/live", "l").await;
+        let live = put(&store, "hit/live", "l").await;
+        let ev = next_event(&mut s).await;
+        assert_eq!(ev.key().map(Key::as_str), Some("hit/live"));
+        assert_eq!(ev.revision(), live);
+        assert_quiet(&mut s).await;
+    }
+
+    #[tokio::test]
+    async fn history_chunks_are_bounded_and_advance_without_matches() {
+        let store = MemoryStore::new();
+        for i in 0..5000 {
+            put(&store, &format!("a/{i:04}"), "v").await;
+        }
+        let inner = &store.inner;
+        let other = KeyRange::Prefix("b/".into());
+        let scan = history_scan_limit(256) as Revision;
+        let chunk = inner.history(1, &other, 256).await.unwrap();
+        assert!(chunk.events.is_empty());
+        assert_eq!(chunk.scanned_through, scan);
+        assert!(chunk.more);
+        let chunk = inner.history(scan + 1, &other, 256).await.unwrap();
+        assert!(chunk.events.is_empty());
+        assert_eq!(chunk.scanned_through, 5000);
+        assert!(!chunk.more);
+
+        let all = KeyRange::Prefix("a/".into());
+        let chunk = inner.history(1, &all, 10).await.unwrap();
+        let revs: Vec<Revision> = chunk.events.iter().map(WatchEvent::revision).collect();
+        assert_eq!(revs, (1..=10).collect::<Vec<_>>());
+        assert_eq!(chunk.scanned_through, 10);
+        assert!(chunk.more);
+        let chunk = inner.history(4991, &all, 10).await.unwrap();
+        assert_eq!(chunk.events.len(), 10);
+        assert_eq!(chunk.scanned_through, 5000);
+        assert!(!chunk.more, "the last record ends the history");
+
+        let chunk = inner.history(5001, &all, 10).await.unwrap();
+        assert!(chunk.events.is_empty());
+        assert_eq!(chunk.scanned_through, 5000);
+        assert!(!chunk.more);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn history_compacted_during_replay_resyncs() {
+        let store = MemoryStore::with_config(MemoryConfig::default().with_history_limit(1000));
+        for i in 0..1000 {
+            put(&store, &format!("k/{:03}", i % 100), &i.to_string()).await;
+        }
+        let ctx = Context::new();
+        let mut s = store
+            .watch(&ctx, WatchRequest::prefix("k/").from_revision(1))
+            .await
+            .unwrap();
+        for rev in 1..=HISTORY_CHUNK_EVENTS as Revision {
+            assert_eq!(next_event(&mut s).await.revision(), rev);
+        }
+        // The history the replay still needs is dropped, and the live
+        // buffer (1024 events) overflows too: one resync covers both.
+        for i in 0..2000 {
+            put(&store, &format!("k/{:03}", i % 100), &format!("new{i}")).await;
+        }
+        let ev = next_event(&mut s).await;
+        let WatchEvent::Resync { entries, revision } = ev else {
+            panic!("expected a resync, got {ev:?}");
+        };
+        assert_eq!(revision, 3000);
+        assert_eq!(entries.len(), 100);
+        assert!(entries.iter().all(|e| e.value.starts_with(b"new")));
+        let live = put(&store, "k/live", "l").await;
+        let ev = next_event(&mut s).await;
+        assert_eq!(ev.revision(), live);
+        assert_eq!(ev.key().map(Key::as_str), Some("k/live"));
+        assert_quiet(&mut s).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn consumer_lagging_during_replay_gets_resync() {
+        let store = MemoryStore::with_config(MemoryConfig::default().with_watch_buffer(16));
+        for i in 0..1000 {
+            put(&store, &format!("k/{i:04}"), "v").await;
+        }
+        let ctx = Context::new();
+        let mut s = store
+            .watch(&ctx, WatchRequest::prefix("k/").from_revision(1))
+            .await
+            .unwrap();
+        // Overflows the live buffer while history is being replayed.
+        for i in 0..100 {
+            put(&store, &format!("k/late{i:03}"), "v").await;
+        }
+        // Later chunks read a later state, so the late writes are replayed
+        // too; then the overflowed receiver resyncs.
+        for rev in 1..=1100 {
+            assert_eq!(next_event(&mut s).await.revision(), rev);
+        }
+        let ev = next_event(&mut s).await;
+        let WatchEvent::Resync { entries, revision } = ev else {
+            panic!("expected a resync, got {ev:?}");
+        };
+        assert_eq!(revision, 1100);
+        assert_eq!(entries.len(), 1100);
+        let live = put(&store, "k/live", "l").await;
+        assert_eq!(next_event(&mut s).await.revision(), live);
+        assert_quiet(&mut s).await;
     }
 }

@@ -315,6 +315,42 @@ mod tests {
         assert_eq!(page.entries[0].key.as_str(), "c");
     }
 
+    /// Moved from the conformance suite (`namespaces_are_isolated`): it
+    /// tests `Namespaced`, not a backend.
+    #[tokio::test]
+    async fn namespaces_are_isolated() {
+        let raw: Arc<dyn KvStore> = Arc::new(MemoryStore::new());
+        let ctx = Context::new();
+        let a = Namespaced::new(raw.clone(), "ns-a/").unwrap();
+        let b = Namespaced::new(raw.clone(), "ns-b/").unwrap();
+        let k = Key::new("shared/name").unwrap();
+        a.set(&ctx, &k, "from a").await.unwrap();
+        assert_eq!(b.get(&ctx, &k).await.unwrap(), None, "b sees a's key");
+        b.set(&ctx, &k, "from b").await.unwrap();
+        let va = a.get(&ctx, &k).await.unwrap().map(|e| e.value);
+        assert_eq!(va, Some(Bytes::from("from a")), "a's value after b wrote");
+        let la = a.list(&ctx, &ListRequest::prefix("")).await.unwrap();
+        assert_eq!(la.entries.len(), 1, "a lists only its own keys");
+        let lb = b.list(&ctx, &ListRequest::prefix("")).await.unwrap();
+        assert_eq!(lb.entries.len(), 1, "b lists only its own keys");
+    }
+
+    /// Moved from the conformance suite (`namespace_prefix_is_invisible`).
+    #[tokio::test]
+    async fn namespace_prefix_is_invisible() {
+        let (raw, n) = ns("app/");
+        let ctx = Context::new();
+        let k = Key::new("visible").unwrap();
+        n.set(&ctx, &k, "v").await.unwrap();
+        let e = n.get(&ctx, &k).await.unwrap().expect("present");
+        assert_eq!(e.key.as_str(), "visible", "key seen through namespace");
+        let raw_entry = raw.get(&ctx, &Key::new("app/visible").unwrap()).await;
+        assert!(
+            raw_entry.unwrap().is_some(),
+            "raw store lacks the prefixed key"
+        );
+    }
+
     #[tokio::test]
     async fn key_limit_shrinks_by_prefix() {
         let (raw, n) = ns("app/");

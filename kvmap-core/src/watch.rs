@@ -17,6 +17,10 @@
 //!   everything it held.
 //! - Memory stays bounded for a slow consumer: the backend buffers a
 //!   bounded number of events and falls back to a resync.
+//! - Memory stays bounded for a resume from an old revision: stores built
+//!   on [`ChangeFeed`] replay their history in chunks of
+//!   [`HISTORY_CHUNK_EVENTS`] events, each read only when the previous one
+//!   has been delivered.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -71,6 +75,7 @@ impl WatchTarget {
 
 /// A watch request.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WatchRequest {
     /// The key or prefix.
     pub target: WatchTarget,
@@ -149,7 +154,9 @@ pub enum WatchEvent {
         key: Key,
         /// The revision of the expiry.
         revision: Revision,
-        /// The entry before, if asked for.
+        /// The entry before, if asked for and the backend can keep it past
+        /// its expiry (every backend but Redis, whose server drops the
+        /// value before it notifies; see its docs).
         prev: Option<Entry>,
     },
     /// Continuity was lost; this is the full current state of the watched
@@ -205,6 +212,54 @@ impl WatchEvent {
 /// The stream a watch returns.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent>> + Send>>;
 
+/// How many matching events [`ChangeFeed`] asks a [`ChangeSource`] for per
+/// history chunk: a resumed watch holds at most about this many replayed
+/// events in memory at once.
+pub const HISTORY_CHUNK_EVENTS: usize = 256;
+
+/// A [`ChangeSource`] examines at most `max_events` times this many change
+/// records per history chunk (see [`history_scan_limit`]), so a chunk stays
+/// bounded even when nothing in it matches the watched range.
+pub const HISTORY_SCAN_FACTOR: usize = 16;
+
+/// The most change records one [`ChangeSource::history`] call examines for
+/// a chunk of at most `max_events` events: `max_events * `
+/// [`HISTORY_SCAN_FACTOR`] (at least [`HISTORY_SCAN_FACTOR`]).
+pub fn history_scan_limit(max_events: usize) -> usize {
+    max_events.max(1).saturating_mul(HISTORY_SCAN_FACTOR)
+}
+
+/// One bounded piece of a [`ChangeSource`]'s change history, read by
+/// [`ChangeSource::history`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HistoryChunk {
+    /// The changes in the requested range, in revision order, at most the
+    /// requested number.
+    pub events: Vec<WatchEvent>,
+    /// The highest revision examined, whether its change matched the range
+    /// or not (`from - 1` if nothing was examined). Every change up to it
+    /// that is in the range is in `events` or an earlier chunk.
+    pub scanned_through: Revision,
+    /// Whether changes above `scanned_through` may remain: read the next
+    /// chunk from `scanned_through + 1`. `false` when the history was
+    /// exhausted at the time of the read.
+    pub more: bool,
+}
+
+impl HistoryChunk {
+    /// A chunk of `events` (in range and revision order), covering every
+    /// revision up to `scanned_through`, with `more` if later records may
+    /// remain.
+    pub fn new(events: Vec<WatchEvent>, scanned_through: Revision, more: bool) -> Self {
+        Self {
+            events,
+            scanned_through,
+            more,
+        }
+    }
+}
+
 /// The state and history behind an in-process change feed, implemented
 /// by stores with one global revision (memory, RocksDB).
 #[async_trait]
@@ -213,9 +268,22 @@ pub trait ChangeSource: Send + Sync + 'static {
     /// read consistently.
     async fn snapshot(&self, range: &KeyRange) -> Result<(Vec<Entry>, Revision)>;
 
-    /// Every change with a revision `>= from`, in order, or
-    /// [`ErrorKind::Compacted`] if some of it is gone.
-    async fn history(&self, from: Revision) -> Result<Vec<WatchEvent>>;
+    /// One chunk of the changes with a revision `>= from` whose key is in
+    /// `range`, in revision order, read consistently: at most `max_events`
+    /// events, after examining at most [`history_scan_limit`]`(max_events)`
+    /// change records (matching or not), so a call never walks the whole
+    /// history. [`HistoryChunk::scanned_through`] tells where the next
+    /// chunk starts and [`HistoryChunk::more`] whether there is one.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Compacted`] if changes at `from` or later are gone
+    /// (`from` is at or below the oldest dropped revision); storage errors.
+    async fn history(
+        &self,
+        from: Revision,
+        range: &KeyRange,
+        max_events: usize,
+    ) -> Result<HistoryChunk>;
 }
 
 /// In-process fan-out of committed changes to watch streams: the shared
@@ -255,6 +323,15 @@ impl ChangeFeed {
     /// returns; history (for `start_revision`) is read after it, so nothing
     /// falls between the two.
     ///
+    /// History is replayed lazily, in chunks of [`HISTORY_CHUNK_EVENTS`]
+    /// events filtered by the source: the first chunk is read here, the
+    /// next one only when the stream has delivered the previous one, and
+    /// live events only after the last. Memory is bounded by a chunk, not
+    /// by the retained history. If history the replay still needs is
+    /// dropped while the stream is replaying (the source reports
+    /// [`ErrorKind::Compacted`] for a later chunk), the stream emits a
+    /// [`WatchEvent::Resync`] of the watched range and continues live.
+    ///
     /// # Errors
     /// [`ErrorKind::Compacted`] if the start revision is no longer kept;
     /// context errors.
@@ -269,27 +346,32 @@ impl ChangeFeed {
         ctx.check(&scope)?;
         request.validate()?;
         let rx = self.tx.subscribe();
-        let mut pending = VecDeque::new();
-        let mut last = 0;
-        if let Some(from) = request.start_revision {
-            let events = ctx.run(scope, source.history(from.max(1))).await?;
-            for ev in events {
-                last = last.max(ev.revision());
-                if ev.key().is_some_and(|k| request.target.matches(k.as_str())) {
-                    pending.push_back(trim(ev, request.with_prev_value));
-                }
+        let range = request.target.as_range();
+        let first = match request.start_revision {
+            Some(from) => {
+                let from = from.max(1);
+                let chunk = ctx
+                    .run(scope, source.history(from, &range, HISTORY_CHUNK_EVENTS))
+                    .await?;
+                Some((from, chunk))
             }
-        }
-        let state = FeedState {
+            None => None,
+        };
+        let mut state = FeedState {
             backend: backend.to_owned(),
             ctx: ctx.clone(),
             request,
+            range,
             rx,
             source,
-            pending,
-            last,
+            pending: VecDeque::new(),
+            last: 0,
+            replay_from: None,
             done: false,
         };
+        if let Some((from, chunk)) = first {
+            state.absorb(from, chunk)?;
+        }
         Ok(Box::pin(futures::stream::unfold(
             state,
             |mut st| async move { st.next().await.map(|item| (item, st)) },
@@ -309,10 +391,17 @@ struct FeedState {
     backend: String,
     ctx: Context,
     request: WatchRequest,
+    /// The watched range, as asked of the source.
+    range: KeyRange,
     rx: broadcast::Receiver<Arc<WatchEvent>>,
     source: Arc<dyn ChangeSource>,
+    /// Events read but not yet delivered (at most one history chunk).
     pending: VecDeque<WatchEvent>,
+    /// Every change up to this revision has been delivered or skipped.
     last: Revision,
+    /// Where the next history chunk starts; `None` once the replay is over
+    /// and the live receiver takes over.
+    replay_from: Option<Revision>,
     done: bool,
 }
 
@@ -326,6 +415,90 @@ impl FeedState {
         Some(Err(e))
     }
 
+    /// Takes in a history chunk read from `from`: queues its matching
+    /// events, moves `last` to what it covered, and sets where the next
+    /// chunk starts (none after the last one).
+    fn absorb(&mut self, from: Revision, chunk: HistoryChunk) -> Result<()> {
+        let HistoryChunk {
+            events,
+            scanned_through,
+            more,
+        } = chunk;
+        let floor = self.last;
+        for ev in events {
+            let revision = ev.revision();
+            if revision < from || revision <= floor {
+                continue;
+            }
+            self.last = self.last.max(revision);
+            if ev
+                .key()
+                .is_some_and(|k| self.request.target.matches(k.as_str()))
+            {
+                self.pending
+                    .push_back(trim(ev, self.request.with_prev_value));
+            }
+        }
+        self.last = self.last.max(scanned_through);
+        self.replay_from = if more {
+            if scanned_through < from {
+                return Err(self.scope().error(ErrorKind::Internal).with_detail(format!(
+                    "history chunk from revision {from} made no progress"
+                )));
+            }
+            Some(scanned_through + 1)
+        } else {
+            None
+        };
+        Ok(())
+    }
+
+    /// Reads the snapshot of the watched range as a resync event and moves
+    /// `last` to its revision.
+    async fn resync(&mut self) -> Option<Result<WatchEvent>> {
+        // Everything still buffered is older than the snapshot: start from
+        // the tail so the buffer does not lag (or resync) again.
+        self.rx = self.rx.resubscribe();
+        let source = self.source.clone();
+        let snap = self
+            .ctx
+            .run(self.scope(), source.snapshot(&self.range))
+            .await;
+        match snap {
+            Ok((entries, revision)) => {
+                self.last = self.last.max(revision);
+                Some(Ok(WatchEvent::Resync { entries, revision }))
+            }
+            Err(e) => self.end_with(e),
+        }
+    }
+
+    /// Reads the next history chunk from `from`.
+    async fn replay(&mut self, from: Revision) -> Option<Result<WatchEvent>> {
+        let source = self.source.clone();
+        let read = self
+            .ctx
+            .run(
+                self.scope(),
+                source.history(from, &self.range, HISTORY_CHUNK_EVENTS),
+            )
+            .await;
+        match read {
+            Ok(chunk) => match self.absorb(from, chunk) {
+                Ok(()) => None,
+                Err(e) => self.end_with(e),
+            },
+            Err(e) if matches!(e.kind(), ErrorKind::Compacted { .. }) => {
+                tracing::debug!(backend = %self.backend, from, "watch history compacted during replay, resyncing");
+                // The rest of the history is gone: the current state
+                // replaces it, then the live receiver takes over.
+                self.replay_from = None;
+                self.resync().await
+            }
+            Err(e) => self.end_with(e),
+        }
+    }
+
     async fn next(&mut self) -> Option<Result<WatchEvent>> {
         loop {
             if let Some(ev) = self.pending.pop_front() {
@@ -333,6 +506,12 @@ impl FeedState {
             }
             if self.done {
                 return None;
+            }
+            if let Some(from) = self.replay_from {
+                if let Some(item) = self.replay(from).await {
+                    return Some(item);
+                }
+                continue;
             }
             let received = {
                 let ctx = self.ctx.clone();
@@ -357,19 +536,7 @@ impl FeedState {
                 }
                 Ok(Err(broadcast::error::RecvError::Lagged(missed))) => {
                     tracing::debug!(backend = %self.backend, missed, "watch consumer lagged, resyncing");
-                    // Everything still buffered is older than the snapshot:
-                    // start from the tail so the buffer does not lag again.
-                    self.rx = self.rx.resubscribe();
-                    let range = self.request.target.as_range();
-                    let source = self.source.clone();
-                    let snap = self.ctx.run(self.scope(), source.snapshot(&range)).await;
-                    match snap {
-                        Ok((entries, revision)) => {
-                            self.last = self.last.max(revision);
-                            return Some(Ok(WatchEvent::Resync { entries, revision }));
-                        }
-                        Err(e) => return self.end_with(e),
-                    }
+                    return self.resync().await;
                 }
                 Ok(Err(broadcast::error::RecvError::Closed)) => {
                     let e = self

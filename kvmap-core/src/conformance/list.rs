@@ -6,7 +6,9 @@ use bytes::Bytes;
 
 use super::util::{ensure, eq, expect_err, key, Check, PASS};
 use super::{case, Case, CaseResult, Fixture};
-use crate::{Capability, Context, DeleteOptions, ErrorKind, KvStoreExt, ListRequest, PutOptions};
+use crate::{
+    Capability, Context, DeleteOptions, ErrorKind, Key, KvStoreExt, ListRequest, PutOptions,
+};
 
 pub(crate) fn cases() -> Vec<Case> {
     vec![
@@ -18,6 +20,10 @@ pub(crate) fn cases() -> Vec<Case> {
         case(
             "list_pagination_stable_under_concurrent_writes",
             paginate_concurrent,
+        ),
+        case(
+            "list_pages_under_truly_concurrent_writers_skip_and_repeat_nothing",
+            paginate_with_writers,
         ),
         case("list_keys_only_has_empty_values", keys_only),
         case("list_empty_prefix_returns_empty_page", empty),
@@ -167,9 +173,89 @@ async fn paginate_concurrent(fx: Fixture) -> CaseResult {
         }
         ensure(seen.len() < 500, || "pagination does not end".into())?;
     }
+    check_pages(&fx, &seen, &stable)?;
+    PASS
+}
+
+async fn paginate_with_writers(fx: Fixture) -> CaseResult {
+    // Stable keys are the multiples of 3; two tasks keep writing and
+    // deleting the others while the pages are read, at the same time.
+    let stable: Vec<String> = (0..90).step_by(3).map(|i| format!("tw/{i:03}")).collect();
+    let refs: Vec<&str> = stable.iter().map(String::as_str).collect();
+    put_all(&fx, &refs).await?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let writers: Vec<_> = (0..2u32)
+        .map(|w| {
+            let (store, stop, progress) = (fx.store.clone(), stop.clone(), progress.clone());
+            tokio::spawn(async move {
+                let ctx = Context::new();
+                let mut n = 0u32;
+                let mut i = 1 + w;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 2000 {
+                    let k = Key::new(format!("tw/{:03}", i % 90))?;
+                    if n % 3 == 2 {
+                        store.delete(&ctx, &k, DeleteOptions::default()).await?;
+                    } else {
+                        store
+                            .put(&ctx, &k, Bytes::from("x"), PutOptions::default())
+                            .await?;
+                    }
+                    n += 1;
+                    progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // Only keys that are not multiples of 3.
+                    i += 3;
+                    tokio::task::yield_now().await;
+                }
+                Ok::<u32, crate::Error>(n)
+            })
+        })
+        .collect();
+    // The writers are running before the first page is read.
+    for _ in 0..500 {
+        if progress.load(std::sync::atomic::Ordering::Relaxed) >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let ctx = Context::new();
+    let mut req = ListRequest::prefix("tw/").with_limit(4);
+    let mut seen = Vec::new();
+    let listed = async {
+        loop {
+            // Let the writers run between pages on any runtime.
+            tokio::task::yield_now().await;
+            let page = fx.store.list(&ctx, &req).await?;
+            seen.extend(page.entries.iter().map(|e| e.key.as_str().to_owned()));
+            match page.cursor {
+                Some(c) => req.cursor = Some(c),
+                None => break,
+            }
+            ensure(seen.len() < 1000, || "pagination does not end".into())?;
+        }
+        Ok::<(), super::util::Failure>(())
+    }
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut writes = 0;
+    for w in writers {
+        writes += w
+            .await
+            .map_err(|e| format!("writer task failed: {e}"))?
+            .map_err(|e| format!("concurrent writer: {e}"))?;
+    }
+    listed?;
+    ensure(writes > 0, || "the writers wrote nothing".into())?;
+    check_pages(&fx, &seen, &stable)?;
+    PASS
+}
+
+/// Pages read under concurrent writes: no key twice, every stable key,
+/// ascending where the store orders its list.
+fn check_pages(fx: &Fixture, seen: &[String], stable: &[String]) -> Check {
     let unique: BTreeSet<&String> = seen.iter().collect();
     eq(unique.len(), seen.len(), "no key returned twice")?;
-    for s in &stable {
+    for s in stable {
         ensure(unique.contains(s), || format!("stable key {s} skipped"))?;
     }
     if fx.caps.supports(Capability::OrderedList) {
@@ -177,7 +263,7 @@ async fn paginate_concurrent(fx: Fixture) -> CaseResult {
             "keys not ascending across pages".into()
         })?;
     }
-    PASS
+    Ok(())
 }
 
 async fn keys_only(fx: Fixture) -> CaseResult {

@@ -23,14 +23,23 @@
 //! the behaviour; for an undeclared one it checks the typed
 //! [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported). A case that
 //! cannot apply is reported as ignored with its reason.
+//!
+//! The suite has 100 cases, all of backend behaviour (the rules `Key`
+//! enforces and the `Namespaced` view are unit tests of this crate).
+//! Some run only where the test binary says the backend promises more:
+//! strict invisibility at expiry with [`SuiteOptions::expiry_grace`] zero,
+//! revisions across a reopen with a hook given to [`Suite::with_reopen`]
+//! (for durable stores).
 
 mod basic;
 mod batch;
 mod cas;
 mod context;
+mod contract;
 mod keys;
 mod list;
 mod lock;
+mod resources;
 mod ttl;
 mod util;
 mod watch;
@@ -58,7 +67,7 @@ pub type CaseResult = std::result::Result<Option<String>, Failure>;
 pub struct Fixture {
     /// The store under test, scoped to this case's namespace.
     pub store: Arc<dyn KvStore>,
-    /// The unscoped store (for namespace-isolation cases).
+    /// The unscoped store (shared with other cases: write only under `prefix`).
     pub raw: Arc<dyn KvStore>,
     /// This case's namespace prefix on the raw store.
     pub prefix: String,
@@ -66,7 +75,59 @@ pub struct Fixture {
     pub caps: Capabilities,
     /// Timing knobs.
     pub options: SuiteOptions,
+    /// The suite's reopen hook, for durable backends (see
+    /// [`Suite::with_reopen`]); use it through [`Fixture::reopen`].
+    pub reopen_hook: Option<Reopen>,
+    /// The suite's factory, for cases that need a store of their own.
+    pub(crate) factory: Option<Factory>,
 }
+
+impl Fixture {
+    /// Closes the store and opens it again through the suite's reopen
+    /// hook: consumes the fixture (so the case holds no other handle of
+    /// the store) and returns one over the reopened store, in the same
+    /// namespace. `Ok(None)` when the suite has no hook.
+    ///
+    /// # Errors
+    /// A [`Failure`] if the hook or the namespace fails.
+    pub async fn reopen(self) -> std::result::Result<Option<Fixture>, Failure> {
+        let Fixture {
+            store,
+            raw,
+            prefix,
+            options,
+            reopen_hook,
+            factory,
+            ..
+        } = self;
+        let Some(hook) = reopen_hook else {
+            return Ok(None);
+        };
+        drop(store);
+        let raw = hook(raw)
+            .await
+            .map_err(|e| Failure::from(format!("reopen hook failed: {e}")))?;
+        let store: Arc<dyn KvStore> = Arc::new(
+            crate::Namespaced::new(raw.clone(), &prefix)
+                .map_err(|e| Failure::from(format!("namespace after reopen: {e}")))?,
+        );
+        Ok(Some(Fixture {
+            caps: store.capabilities(),
+            store,
+            raw,
+            prefix,
+            options,
+            reopen_hook: Some(hook),
+            factory,
+        }))
+    }
+}
+
+/// A reopen hook: gets the raw (unscoped) store of a case, which is then
+/// its only handle, closes it and returns the same durable store opened
+/// again (same data).
+pub type Reopen =
+    Arc<dyn Fn(Arc<dyn KvStore>) -> BoxFuture<'static, Result<Arc<dyn KvStore>>> + Send + Sync>;
 
 /// Timing knobs of the suite, for backends whose TTL granularity or
 /// event latency is coarser than the defaults.
@@ -92,6 +153,12 @@ pub struct SuiteOptions {
     /// holder (the backend's documented slack, e.g. Consul's session
     /// invalidation).
     pub lock_grace: Duration,
+    /// Whether `Expired` events carry the entry before when the watch
+    /// asked for previous values (default `true`). `false` for a backend
+    /// that documents it cannot (Redis: the server drops the value before
+    /// it notifies); the suite then checks that `prev` is consistently
+    /// absent instead.
+    pub expired_prev: bool,
 }
 
 impl Default for SuiteOptions {
@@ -104,6 +171,7 @@ impl Default for SuiteOptions {
             history_limit: None,
             lock_ttl: Duration::from_secs(1),
             lock_grace: Duration::from_secs(2),
+            expired_prev: true,
         }
     }
 }
@@ -141,6 +209,8 @@ pub fn cases() -> Vec<Case> {
     all.extend(watch::cases());
     all.extend(context::cases());
     all.extend(lock::cases());
+    all.extend(contract::cases());
+    all.extend(resources::cases());
     all
 }
 
@@ -151,6 +221,7 @@ pub struct Suite {
     backend: String,
     options: SuiteOptions,
     runtime: Option<tokio::runtime::Runtime>,
+    reopen: Option<Reopen>,
 }
 
 impl Suite {
@@ -161,7 +232,25 @@ impl Suite {
             backend: backend.into(),
             options: SuiteOptions::default(),
             runtime: None,
+            reopen: None,
         }
+    }
+
+    /// Enables the durability cases with a hook that closes a case's
+    /// store and opens the same durable store again: `hook` gets the
+    /// case's raw store (made by the factory, or by an earlier reopen),
+    /// by then its only handle, and returns the reopened one. Without a
+    /// hook those cases are skipped.
+    ///
+    /// The hook has to find the store's location from the handle, e.g.
+    /// from a map the factory fills, keyed by the store's address.
+    pub fn with_reopen<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(Arc<dyn KvStore>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Arc<dyn KvStore>>> + Send + 'static,
+    {
+        self.reopen = Some(Arc::new(move |store| Box::pin(hook(store))));
+        self
     }
 
     /// Sets the timing knobs.
@@ -212,8 +301,9 @@ impl Suite {
                 let rt = runtime.clone();
                 let factory = factory.clone();
                 let options = self.options;
+                let reopen = self.reopen.clone();
                 Trial::ignorable_test(name, move || {
-                    rt.block_on(run_case(c, factory, prefix, options))
+                    rt.block_on(run_case(c, factory, prefix, options, reopen))
                 })
             })
             .collect();
@@ -227,6 +317,7 @@ async fn run_case(
     factory: Factory,
     prefix: String,
     options: SuiteOptions,
+    reopen: Option<Reopen>,
 ) -> std::result::Result<Completion, Failed> {
     let raw = factory()
         .await
@@ -241,6 +332,8 @@ async fn run_case(
         raw,
         prefix,
         options,
+        reopen_hook: reopen,
+        factory: Some(factory),
     };
     match (case.run)(fx).await {
         Ok(None) => Ok(Completion::Completed),

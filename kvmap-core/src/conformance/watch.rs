@@ -31,7 +31,11 @@ pub(crate) fn cases() -> Vec<Case> {
 
 /// Opens a watch, or checks the typed `Unsupported` when the store does
 /// not declare watch (returns `None`: the case is done).
-async fn open(fx: &Fixture, ctx: &Context, req: WatchRequest) -> Check<Option<WatchStream>> {
+pub(crate) async fn open(
+    fx: &Fixture,
+    ctx: &Context,
+    req: WatchRequest,
+) -> Check<Option<WatchStream>> {
     let needs_resume = req.start_revision.is_some();
     let r = fx.store.watch(ctx, req).await;
     if !fx.caps.supports(Capability::Watch) {
@@ -73,7 +77,7 @@ async fn put(fx: &Fixture, k: &Key, v: &str) -> Check<u64> {
         .await?)
 }
 
-fn expect_put(ev: &WatchEvent, k: &str, v: &str) -> Check<u64> {
+pub(crate) fn expect_put(ev: &WatchEvent, k: &str, v: &str) -> Check<u64> {
     match ev {
         WatchEvent::Put { entry, .. } if entry.key.as_str() == k && entry.value == v.as_bytes() => {
             Ok(entry.revision)

@@ -655,7 +655,7 @@ async fn renew_loop(shared: Arc<Shared>) {
             Ok(()) => next = Instant::now() + period,
             Err(_) if shared.lost.is_cancelled() => return,
             Err(e) => {
-                tracing::debug!(error = %e, "lock renewal failed; retrying");
+                tracing::debug!(error = %e.report(), "lock renewal failed; retrying");
                 next = Instant::now() + (period / 4).max(Duration::from_millis(5));
             }
         }

@@ -12,6 +12,10 @@
 //! cargo bench -p kvmap-rocksdb --bench rocks -- --warm-up-time 1 --measurement-time 3
 //! ```
 //! `KVMAP_BENCH_SIZES=10000` limits the sizes.
+//!
+//! Both sides write without `fsync` (`sync = false`, RocksDB's default)
+//! so this measures the code paths; synced writes and group commit are
+//! measured by the `group_commit` bench.
 
 #![allow(missing_docs)] // criterion_group! generates an undocumented pub fn
 
@@ -75,8 +79,12 @@ fn load(n: u64) -> Fixture {
         .expect("runtime");
     let kv_dir = tempfile::tempdir().expect("tempdir");
     let raw_dir = tempfile::tempdir().expect("tempdir");
-    let store = RocksStore::open(RocksConfig::new(kv_dir.path()).with_block_cache_bytes(CACHE))
-        .expect("open store");
+    let store = RocksStore::open(
+        RocksConfig::new(kv_dir.path())
+            .with_block_cache_bytes(CACHE)
+            .with_sync(false),
+    )
+    .expect("open store");
     let raw = open_raw(raw_dir.path());
     let value = Bytes::from(vec![b'x'; VALUE_LEN]);
     let keys: Vec<Key> = (0..n).map(|i| Key::new(key(i)).expect("key")).collect();

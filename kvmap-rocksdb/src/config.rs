@@ -30,9 +30,14 @@ pub struct RocksConfig {
     /// Create the directory and database if missing (default `true`).
     pub create_if_missing: bool,
     /// `fsync` the write-ahead log before a write is acknowledged (default
-    /// `false`: the WAL is written to the OS on every write, so a process
-    /// crash loses nothing, but a power loss or kernel crash may lose the
-    /// last writes).
+    /// `true`: an acknowledged write survives a power loss, so a revision
+    /// is never handed out twice for different values after a crash).
+    /// Concurrent writes share one `fsync` (group commit on the writer
+    /// thread). `false` trades that for latency: the WAL still reaches the
+    /// OS on every write, so a process crash loses nothing, but a power
+    /// loss or kernel crash may lose the last acknowledged writes and
+    /// their revisions may then be reissued (a compare-and-swap against a
+    /// remembered revision can succeed against a different value).
     pub sync: bool,
     /// Keep at least this many changes in the change log for watch resume
     /// (default 100 000). Older start revisions get
@@ -62,7 +67,7 @@ impl Default for RocksConfig {
         Self {
             path: PathBuf::from("kvmap-data"),
             create_if_missing: true,
-            sync: false,
+            sync: true,
             changelog_max_entries: 100_000,
             changelog_max_age: Some(Duration::from_secs(3600)),
             block_cache_bytes: 64 << 20,

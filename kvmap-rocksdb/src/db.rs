@@ -1,11 +1,16 @@
 //! The shared state of a store: the RocksDB handle, its column families,
 //! the writer lock and the read paths.
+//!
+//! The writer lock is only ever taken by the store's two threads (the
+//! writer, see [`crate::writer`], and the reaper), never by async code:
+//! readers of the latest revision use an atomic copy.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use kvmap_core::{ChangeFeed, Entry, Error, ErrorKind, Key, KeyRange, Op, Result, Revision};
+use kvmap_core::backend::ChangeFeed;
+use kvmap_core::{Entry, Error, ErrorKind, Key, KeyRange, Op, Result, Revision};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, CompactionDecision,
     DBCompressionType, Env, Options, ReadOptions, WriteOptions, DB,
@@ -35,9 +40,18 @@ pub(crate) struct Inner {
     pub(crate) feed: ChangeFeed,
     pub(crate) write_opts: WriteOptions,
     writer: Mutex<Writer>,
+    /// The latest committed revision, readable without the writer lock.
+    committed: AtomicU64,
+    /// Commits of the writer thread, and the writes they carried.
+    pub(crate) commits: AtomicU64,
+    pub(crate) grouped_writes: AtomicU64,
     /// Every entry expiring at or before this instant (ns since the epoch)
     /// has been reaped, so the compaction filter may drop it.
     pub(crate) reaped_through: Arc<AtomicU64>,
+    /// This database's entry in the process's table of open databases;
+    /// declared after `db`, so it is removed only once the database is
+    /// closed.
+    pub(crate) registration: crate::registry::Registration,
 }
 
 impl std::fmt::Debug for Inner {
@@ -98,11 +112,19 @@ fn check_path(config: &RocksConfig) -> Result<()> {
 /// Validates an existing OPTIONS file: RocksDB itself does not read it on
 /// open, so a corrupted one would otherwise go unnoticed until a tool
 /// trips over it.
+///
+/// Only finished options files count (`OPTIONS-<number>`): a process killed
+/// while creating the database can leave `OPTIONS-<number>.dbtmp` behind,
+/// which RocksDB itself ignores and replaces on the next open.
 fn check_options_file(path: &Path) -> Result<()> {
+    let finished = |name: &str| {
+        name.strip_prefix("OPTIONS-")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
     let has_options = std::fs::read_dir(path)
         .map(|d| {
             d.flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with("OPTIONS-"))
+                .any(|e| finished(&e.file_name().to_string_lossy()))
         })
         .unwrap_or(false);
     if !has_options {
@@ -170,6 +192,7 @@ impl Inner {
             .validate()
             .map_err(|e| e.in_context(NAME, Op::Open, None))?;
         check_path(&config)?;
+        let registration = crate::registry::Registration::acquire(config.path())?;
         check_options_file(config.path())?;
         check_column_families(config.path())?;
 
@@ -217,7 +240,11 @@ impl Inner {
                 revision: 0,
                 compacted: 0,
             }),
+            committed: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            grouped_writes: AtomicU64::new(0),
             reaped_through,
+            registration,
         };
         inner.load_counters()?;
         Ok(inner)
@@ -254,6 +281,7 @@ impl Inner {
         let mut w = self.lock();
         w.revision = read(META_REVISION)?.unwrap_or(0);
         w.compacted = read(META_COMPACTED)?.unwrap_or(0);
+        self.set_revision(w.revision);
         Ok(())
     }
 
@@ -264,6 +292,15 @@ impl Inner {
         // is written (counters are updated after a successful write), so a
         // poisoned lock still guards consistent counters.
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The writer lock if nobody holds it now (never waits).
+    pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, Writer>> {
+        match self.writer.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     /// A column family handle. All four are created at open, so a missing
@@ -286,7 +323,13 @@ impl Inner {
 
     /// The latest committed revision.
     pub(crate) fn revision(&self) -> Revision {
-        self.lock().revision
+        self.committed.load(Ordering::Acquire)
+    }
+
+    /// Publishes a new latest revision (by the holder of the writer lock,
+    /// after the commit).
+    pub(crate) fn set_revision(&self, revision: Revision) {
+        self.committed.store(revision, Ordering::Release);
     }
 
     /// Reads one key; `None` if absent or expired.

@@ -5,7 +5,7 @@
 //! (`IOError` covers a held lock, a missing permission and a full disk), so
 //! [`classify`] looks at both. The table is tested in this module.
 
-use kvmap_core::{Error, ErrorKind, Op};
+use kvmap_core::{Error, ErrorKind, Op, RetryClass};
 use rocksdb::ErrorKind as Rk;
 
 pub(crate) const NAME: &str = "rocksdb";
@@ -55,14 +55,35 @@ pub(crate) fn classify(kind: Rk, message: &str) -> (ErrorKind, &'static str) {
     }
 }
 
+/// Whether a status means RocksDB refused the operation before it did
+/// anything.
+fn refused_before_start(kind: &Rk) -> bool {
+    matches!(
+        kind,
+        Rk::Busy | Rk::TryAgain | Rk::ShutdownInProgress | Rk::ColumnFamilyDropped
+    )
+}
+
 /// Converts a RocksDB error, keeping it as the source.
+///
+/// Retry class: a write refused before it started (`Busy`, `TryAgain`, a
+/// shutdown, a dropped column family) is [`RetryClass::Safe`]; any other
+/// failure of a write, an i/o error during the WAL sync above all, keeps
+/// core's default for writes, [`RetryClass::OutcomeUnknown`]: the record
+/// may be in the log and come back after a restart.
 pub(crate) fn from_rocks(e: rocksdb::Error, op: Op) -> Error {
     let (kind, detail) = classify(e.kind(), e.as_ref());
-    Error::new(kind)
+    let refused = refused_before_start(&e.kind());
+    let err = Error::new(kind)
         .with_backend(NAME)
         .with_op(op)
         .with_detail(detail)
-        .with_source(e)
+        .with_source(e);
+    if refused {
+        err.with_retry(RetryClass::Safe)
+    } else {
+        err
+    }
 }
 
 /// An internal error of this backend (a bug or a lost worker thread).
@@ -207,5 +228,21 @@ mod tests {
         assert!(e.is_infrastructure());
         let e = Error::new(classify(Rk::Corruption, "Corruption: x").0);
         assert!(!e.is_transient());
+    }
+
+    #[test]
+    fn a_failed_write_is_outcome_unknown_unless_refused() {
+        // An i/o error while writing or syncing the WAL: the record may be
+        // in the log, so the write may have happened.
+        let io =
+            Error::new(classify(Rk::IOError, "IO error: Input/output error").0).with_op(Op::Put);
+        assert!(!refused_before_start(&Rk::IOError));
+        assert_eq!(io.retry_class(), RetryClass::OutcomeUnknown);
+        for kind in [Rk::Busy, Rk::TryAgain, Rk::ShutdownInProgress] {
+            assert!(refused_before_start(&kind), "{kind:?}");
+        }
+        for kind in [Rk::Corruption, Rk::Incomplete, Rk::Aborted] {
+            assert!(!refused_before_start(&kind), "{kind:?}");
+        }
     }
 }

@@ -87,12 +87,12 @@ fn run(inner: &Inner, control: &Control) {
         let next = match reap_due(inner) {
             Ok(next) => next,
             Err(e) => {
-                tracing::warn!(error = %e, "rocksdb: expiry pass failed");
+                tracing::warn!(error = %e.report(), "rocksdb: expiry pass failed");
                 None
             }
         };
         if let Err(e) = trim_by_age(inner) {
-            tracing::warn!(error = %e, "rocksdb: change-log trimming failed");
+            tracing::warn!(error = %e.report(), "rocksdb: change-log trimming failed");
         }
         let now = now_nanos();
         let max = now.saturating_add(MAINTENANCE.as_nanos() as u64);

@@ -1,15 +1,16 @@
 //! [`RocksStore`], the [`KvStore`] over an embedded RocksDB.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use kvmap_core::backend::{ChangeSource, Scope};
 use kvmap_core::lock::LocalLocks;
 use kvmap_core::{
-    Batch, BatchOp, BatchOutcome, Capabilities, ChangeSource, Context, DeleteOptions, Entry, Key,
-    KvStore, ListPage, ListRequest, Op, PutOptions, Result, Revision, Scope, WatchRequest,
-    WatchStream,
+    Batch, BatchOp, BatchOutcome, Capabilities, Context, DeleteOptions, Entry, Error, ErrorKind,
+    Key, KvStore, ListPage, ListRequest, Op, PutOptions, Result, RetryClass, Revision,
+    WatchRequest, WatchStream,
 };
 use kvmap_core::{LockGuard, LockOptions};
 use rocksdb::ReadOptions;
@@ -20,15 +21,22 @@ use crate::error::NAME;
 use crate::reaper::{self, Control};
 use crate::txn::Txn;
 use crate::watch::{offload, Source};
+use crate::writer::{stopped, Writer};
 
 /// A [`KvStore`] over an embedded RocksDB database: one global revision,
 /// compare-and-swap, TTL with expiry events, ordered list, watch with
 /// resume from a persisted change log, atomic batches.
 ///
-/// Cheap to clone; clones share the database. The database is closed
-/// when the last clone and the last watch stream are dropped (the
-/// background reaper thread is stopped and joined when the last clone
-/// goes).
+/// Cheap to clone; clones share the database. Writes run on the store's
+/// writer thread with group commit (see the crate docs); reads run inline
+/// or, with [`RocksConfig::offload_reads`], on Tokio's blocking pool, and
+/// `list` always runs there.
+///
+/// The database is closed when the last clone and the last watch stream
+/// are dropped: the writer and reaper threads are stopped and joined on a
+/// blocking thread, never on the async worker that dropped the store. A
+/// [`RocksStore::open`] of the same path in this process waits for that
+/// close to finish.
 ///
 /// See the [crate docs](crate) for the capability table, durability and
 /// the on-disk layout.
@@ -41,20 +49,41 @@ pub struct RocksStore {
 struct Handle {
     inner: Arc<Inner>,
     control: Arc<Control>,
-    reaper: Mutex<Option<JoinHandle<()>>>,
+    /// `None` only inside `drop`.
+    writer: Option<Writer>,
+    threads: Vec<JoinHandle<()>>,
     locks: Arc<LocalLocks>,
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        self.inner.registration.closing();
         self.control.stop();
-        let thread = self
-            .reaper
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(t) = thread {
-            // The reaper never panics by design; if it did, there is
+        // The writer thread ends once its queue is empty.
+        drop(self.writer.take());
+        let joiner = Joiner(std::mem::take(&mut self.threads));
+        match tokio::runtime::Handle::try_current() {
+            // Never block an async worker: a reaper pass or a group commit
+            // may be running. A runtime that is shutting down drops the
+            // task unrun, and with it the joiner, which then joins here.
+            Ok(rt) => drop(rt.spawn_blocking(move || drop(joiner))),
+            Err(_) => drop(joiner),
+        }
+    }
+}
+
+/// Joins the store's threads when dropped, wherever that happens: on the
+/// blocking pool, or on the thread of a runtime's shutdown that drops the
+/// join task unrun. So no RocksDB thread outlives the runtime: a process
+/// that exits while one still runs aborts in RocksDB's mutexes ("pthread
+/// lock: Invalid argument"), as the demo did when it returned from `main`
+/// with a store still held by a task.
+struct Joiner(Vec<std::thread::JoinHandle<()>>);
+
+impl Drop for Joiner {
+    fn drop(&mut self) {
+        for t in self.0.drain(..) {
+            // Neither thread panics by design; if one did, there is
             // nothing left to clean up.
             let _ = t.join();
         }
@@ -84,13 +113,22 @@ impl RocksStore {
     pub fn open(config: RocksConfig) -> Result<Self> {
         let inner = Arc::new(Inner::open(config)?);
         let control = Arc::new(Control::default());
-        let thread = reaper::spawn(inner.clone(), control.clone())?;
+        let (writer, writer_thread) = Writer::spawn(inner.clone(), control.clone())?;
+        let reaper_thread = match reaper::spawn(inner.clone(), control.clone()) {
+            Ok(t) => t,
+            Err(e) => {
+                drop(writer);
+                let _ = writer_thread.join();
+                return Err(e);
+            }
+        };
         Ok(Self {
             handle: Arc::new(Handle {
                 locks: crate::lock::locks(inner.clone()),
                 inner,
                 control,
-                reaper: Mutex::new(Some(thread)),
+                writer: Some(writer),
+                threads: vec![writer_thread, reaper_thread],
             }),
         })
     }
@@ -115,6 +153,18 @@ impl RocksStore {
     /// The latest committed revision.
     pub fn revision(&self) -> Revision {
         self.inner().revision()
+    }
+
+    /// Counters of the writer thread since open, for diagnostics: how well
+    /// group commit shares `fsync`s.
+    pub fn write_stats(&self) -> WriteStats {
+        let inner = self.inner();
+        WriteStats {
+            commits: inner.commits.load(std::sync::atomic::Ordering::Relaxed),
+            writes: inner
+                .grouped_writes
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     /// The settings the store was opened with.
@@ -181,29 +231,88 @@ impl RocksStore {
         }
     }
 
-    /// Runs a write transaction: inline when writes are not fsynced (a
-    /// commit is then a few microseconds of memtable and WAL append), on
-    /// a blocking thread when they are (an fsync takes milliseconds).
-    async fn write<T, F>(&self, op: Op, f: F) -> Result<T>
+    /// Runs a write on the writer thread (see [`crate::writer`]) under the
+    /// context: a write its caller gave up on before the thread took it is
+    /// never written, and its error says so ([`RetryClass::Safe`]).
+    ///
+    /// Fast path: an unsynced write of at most [`INLINE_OPS`] operations
+    /// commits inline when the writer lock is free at that moment (a
+    /// memtable insert and a WAL `write`, a few microseconds, less than
+    /// the two thread hand-offs of the writer thread); it never waits for
+    /// the lock.
+    async fn write<T, F>(
+        &self,
+        ctx: &Context,
+        op: Op,
+        key: Option<&str>,
+        ops: usize,
+        f: F,
+    ) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Txn<'_>) -> Result<T> + Send + 'static,
     {
-        let control = self.handle.control.clone();
-        let run = move |inner: &Inner| {
-            let mut txn = Txn::begin(inner, op);
-            let out = f(&mut txn)?;
-            if let Some(expires) = txn.commit()? {
-                control.expiry_written(expires);
+        let scope = scope(op, key);
+        ctx.check(&scope)?;
+        let inner = self.inner();
+        if !inner.config.sync && ops <= INLINE_OPS {
+            if let Some(mut txn) = Txn::try_begin(inner, op) {
+                return ctx.run_sync(scope, move || {
+                    let out = f(&mut txn)?;
+                    if let Some(expires) = txn.commit()? {
+                        self.handle.control.expiry_written(expires);
+                    }
+                    Ok(out)
+                });
             }
-            Ok(out)
+        }
+        let writer = self.handle.writer.as_ref().ok_or_else(|| stopped(op))?;
+        let deadline = ctx.deadline().map(tokio::time::Instant::into_std);
+        let (ticket, reply) = writer.submit(op, deadline, f)?;
+        let answer = async {
+            match reply.await {
+                Ok(r) => r,
+                Err(_) => Err(Error::new(ErrorKind::Unavailable)
+                    .with_detail("the store's writer thread stopped before answering")
+                    .with_retry(RetryClass::OutcomeUnknown)),
+            }
         };
-        if self.inner().config.sync {
-            offload(self.inner(), op, run).await
-        } else {
-            run(self.inner().as_ref())
+        match ctx.run(scope, answer).await {
+            // The context ended after the write was queued (`run` may also
+            // find it ended before its first poll): withdrawn if still
+            // queued, else it may commit.
+            Err(e)
+                if matches!(e.kind(), ErrorKind::DeadlineExceeded | ErrorKind::Cancelled)
+                    && e.retry_class() != RetryClass::Safe =>
+            {
+                if ticket.abandon() {
+                    Err(e
+                        .with_detail("before the write was started; nothing was written")
+                        .with_retry(RetryClass::Safe))
+                } else {
+                    Err(e
+                        .with_detail("while the write was being committed; it may have happened")
+                        .with_retry(RetryClass::OutcomeUnknown))
+                }
+            }
+            other => other,
         }
     }
+}
+
+/// The most operations of an unsynced write that may commit inline.
+const INLINE_OPS: usize = 16;
+
+/// Counters of a store's writer thread ([`RocksStore::write_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct WriteStats {
+    /// RocksDB write batches the writer thread committed (with
+    /// `sync = true`, one WAL `fsync` each).
+    pub commits: u64,
+    /// Puts, deletes and batches those commits carried (a batch counts
+    /// once); `writes / commits` is the mean group size.
+    pub writes: u64,
 }
 
 fn scope(op: Op, key: Option<&str>) -> Scope<'_> {
@@ -258,28 +367,27 @@ impl KvStore for RocksStore {
         self.inner().config.limits.check_put(key, &value)?;
         options.validate()?;
         let k = key.clone();
-        ctx.run(
-            scope(Op::Put, Some(key.as_str())),
-            self.write(Op::Put, move |txn| txn.put(&k, &value, &options)),
-        )
+        self.write(ctx, Op::Put, Some(key.as_str()), 1, move |txn| {
+            txn.put(&k, &value, &options)
+        })
         .await
     }
 
     async fn delete(&self, ctx: &Context, key: &Key, options: DeleteOptions) -> Result<bool> {
         self.inner().config.limits.check_key(key)?;
         let k = key.clone();
-        ctx.run(
-            scope(Op::Delete, Some(key.as_str())),
-            self.write(Op::Delete, move |txn| txn.delete(&k, &options)),
-        )
+        self.write(ctx, Op::Delete, Some(key.as_str()), 1, move |txn| {
+            txn.delete(&k, &options)
+        })
         .await
     }
 
     async fn list(&self, ctx: &Context, request: &ListRequest) -> Result<ListPage> {
         request.validate()?;
         let req = request.clone();
+        // Always on the blocking pool: a page can be large.
         ctx.run(scope(Op::List, Some(request.range.start())), async {
-            self.read(Op::List, move |inner| {
+            offload(self.inner(), Op::List, move |inner| {
                 let lower = match req.lower_bound() {
                     std::ops::Bound::Excluded(c) => after(c),
                     std::ops::Bound::Included(s) => s.as_bytes().to_vec(),
@@ -324,27 +432,25 @@ impl KvStore for RocksStore {
 
     async fn apply(&self, ctx: &Context, batch: Batch) -> Result<Vec<Result<BatchOutcome>>> {
         batch.validate(&self.inner().config.limits)?;
-        ctx.run(
-            scope(Op::Apply, None),
-            self.write(Op::Apply, move |txn| {
-                // All or nothing: the first failed condition drops the
-                // transaction unwritten.
-                let mut out = Vec::with_capacity(batch.len());
-                for op in &batch.ops {
-                    out.push(Ok(match op {
-                        BatchOp::Put {
-                            key,
-                            value,
-                            options,
-                        } => BatchOutcome::Put(txn.put(key, value, options)?),
-                        BatchOp::Delete { key, options } => {
-                            BatchOutcome::Deleted(txn.delete(key, options)?)
-                        }
-                    }));
-                }
-                Ok(out)
-            }),
-        )
+        let ops = batch.len();
+        self.write(ctx, Op::Apply, None, ops, move |txn| {
+            // All or nothing: the first failed condition drops the
+            // transaction unwritten.
+            let mut out = Vec::with_capacity(batch.len());
+            for op in &batch.ops {
+                out.push(Ok(match op {
+                    BatchOp::Put {
+                        key,
+                        value,
+                        options,
+                    } => BatchOutcome::Put(txn.put(key, value, options)?),
+                    BatchOp::Delete { key, options } => {
+                        BatchOutcome::Deleted(txn.delete(key, options)?)
+                    }
+                }));
+            }
+            Ok(out)
+        })
         .await
     }
 

@@ -1,4 +1,4 @@
-//! The write path: a transaction staged in one RocksDB `WriteBatch`
+//! The write path: a transaction staged into one RocksDB `WriteBatch`
 //! under the writer lock.
 //!
 //! Every write (put, delete, batch, expiry) reads the current envelope of
@@ -7,6 +7,13 @@
 //! revision counter, all in one batch: data, revision and history are
 //! durable together or not at all. Events are published to the watch feed
 //! after the batch is written, in revision order, still under the lock.
+//!
+//! One transaction can carry several independent writes (the writer
+//! thread's group commit, see [`crate::writer`]): each write starts at a
+//! [`Savepoint`], and a write whose condition fails is rolled back to it
+//! without touching the others. RocksDB's `WriteBatch` has no save points
+//! in the Rust binding, so the staged operations are kept in a list and
+//! written into the batch at commit.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -14,7 +21,7 @@ use std::sync::MutexGuard;
 
 use bytes::Bytes;
 use kvmap_core::{DeleteOptions, Entry, Key, Op, PutOptions, Result, Revision, WatchEvent};
-use rocksdb::WriteBatch;
+use rocksdb::{ColumnFamily, WriteBatch};
 
 use crate::codec::{
     decode_entry, decode_meta, encode_envelope, encode_record, expiry_key, from_nanos, now_nanos,
@@ -38,16 +45,36 @@ struct Pending {
     prev: Option<Vec<u8>>,
 }
 
+/// One staged RocksDB operation.
+enum Staged<'a> {
+    Put(&'a ColumnFamily, Vec<u8>, Vec<u8>),
+    Delete(&'a ColumnFamily, Vec<u8>),
+}
+
+/// Where a write starts inside a transaction: [`Txn::rollback`] undoes
+/// everything staged after it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Savepoint {
+    next: Revision,
+    staged: usize,
+    pending: usize,
+    journal: usize,
+    earliest_expiry: Option<u64>,
+}
+
 /// A write transaction. Dropping it without [`Txn::commit`] writes
 /// nothing.
 pub(crate) struct Txn<'a> {
     inner: &'a Inner,
     w: MutexGuard<'a, Writer>,
     op: Op,
-    batch: WriteBatch,
+    staged: Vec<Staged<'a>>,
     next: Revision,
     now: u64,
     overlay: HashMap<Key, Current>,
+    /// The overlay's previous value of every key it changed, in order, for
+    /// [`Txn::rollback`] (`None`: the key was not in the overlay).
+    journal: Vec<(Key, Option<Current>)>,
     pending: Vec<Pending>,
     /// The earliest expiry written, to wake the reaper.
     pub(crate) earliest_expiry: Option<u64>,
@@ -56,18 +83,80 @@ pub(crate) struct Txn<'a> {
 impl<'a> Txn<'a> {
     /// Starts a transaction: takes the writer lock.
     pub(crate) fn begin(inner: &'a Inner, op: Op) -> Self {
-        let w = inner.lock();
+        Self::with_lock(inner, inner.lock(), op)
+    }
+
+    /// Starts a transaction only if the writer lock is free right now.
+    pub(crate) fn try_begin(inner: &'a Inner, op: Op) -> Option<Self> {
+        inner.try_lock().map(|w| Self::with_lock(inner, w, op))
+    }
+
+    fn with_lock(inner: &'a Inner, w: MutexGuard<'a, Writer>, op: Op) -> Self {
         Self {
             next: w.revision,
             inner,
             w,
             op,
-            batch: WriteBatch::default(),
+            staged: Vec::new(),
             now: now_nanos(),
             overlay: HashMap::new(),
+            journal: Vec::new(),
             pending: Vec::new(),
             earliest_expiry: None,
         }
+    }
+
+    /// Sets the operation named in the errors of what is staged next.
+    pub(crate) fn set_op(&mut self, op: Op) {
+        self.op = op;
+    }
+
+    /// Marks where the next write starts.
+    pub(crate) fn savepoint(&self) -> Savepoint {
+        Savepoint {
+            next: self.next,
+            staged: self.staged.len(),
+            pending: self.pending.len(),
+            journal: self.journal.len(),
+            earliest_expiry: self.earliest_expiry,
+        }
+    }
+
+    /// Undoes everything staged since `sp`: operations, revisions, events
+    /// and the overlay.
+    pub(crate) fn rollback(&mut self, sp: Savepoint) {
+        self.next = sp.next;
+        self.staged.truncate(sp.staged);
+        self.pending.truncate(sp.pending);
+        self.earliest_expiry = sp.earliest_expiry;
+        while self.journal.len() > sp.journal {
+            let Some((key, old)) = self.journal.pop() else {
+                break;
+            };
+            match old {
+                Some(c) => self.overlay.insert(key, c),
+                None => self.overlay.remove(&key),
+            };
+        }
+    }
+
+    /// Records the state of `key` after a staged change.
+    fn remember(&mut self, key: &Key, state: Current) {
+        let old = self.overlay.insert(key.clone(), state);
+        self.journal.push((key.clone(), old));
+    }
+
+    fn stage_put(
+        &mut self,
+        cf: &'a ColumnFamily,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) {
+        self.staged.push(Staged::Put(cf, key.into(), value.into()));
+    }
+
+    fn stage_delete(&mut self, cf: &'a ColumnFamily, key: impl Into<Vec<u8>>) {
+        self.staged.push(Staged::Delete(cf, key.into()));
     }
 
     /// The wall time of the transaction (ns since the epoch).
@@ -103,17 +192,16 @@ impl<'a> Txn<'a> {
     ) -> Result<()> {
         let record = encode_record(kind, self.now, key.as_str(), current, prev);
         let cf = self.inner.cf(CF_LOG, self.op)?;
-        self.batch.put_cf(cf, self.next.to_be_bytes(), record);
+        self.stage_put(cf, self.next.to_be_bytes(), record);
         Ok(())
     }
 
     fn remove(&mut self, key: &Key, old: &Meta) -> Result<()> {
         let data = self.inner.cf(CF_DATA, self.op)?;
-        self.batch.delete_cf(data, key.as_str());
+        self.stage_delete(data, key.as_str());
         if old.expires != 0 {
             let idx = self.inner.cf(CF_EXPIRY, self.op)?;
-            self.batch
-                .delete_cf(idx, expiry_key(old.expires, key.as_str()));
+            self.stage_delete(idx, expiry_key(old.expires, key.as_str()));
         }
         Ok(())
     }
@@ -142,7 +230,7 @@ impl<'a> Txn<'a> {
             entry: None,
             prev: Some(raw),
         });
-        self.overlay.insert(key.clone(), None);
+        self.remember(key, None);
         Ok(())
     }
 
@@ -156,7 +244,7 @@ impl<'a> Txn<'a> {
             }
             _ => {
                 let idx = self.inner.cf(CF_EXPIRY, self.op)?;
-                self.batch.delete_cf(idx, expiry_key(expires, key.as_str()));
+                self.stage_delete(idx, expiry_key(expires, key.as_str()));
                 Ok(())
             }
         }
@@ -194,17 +282,15 @@ impl<'a> Txn<'a> {
         };
         if let Some(old) = prev_meta.filter(|m| m.expires != 0 && m.expires != expires) {
             let idx = self.inner.cf(CF_EXPIRY, self.op)?;
-            self.batch
-                .delete_cf(idx, expiry_key(old.expires, key.as_str()));
+            self.stage_delete(idx, expiry_key(old.expires, key.as_str()));
         }
         if expires != 0 {
             let idx = self.inner.cf(CF_EXPIRY, self.op)?;
-            self.batch
-                .put_cf(idx, expiry_key(expires, key.as_str()), b"");
+            self.stage_put(idx, expiry_key(expires, key.as_str()), Vec::new());
             self.earliest_expiry = Some(self.earliest_expiry.map_or(expires, |e| e.min(expires)));
         }
         let data = self.inner.cf(CF_DATA, self.op)?;
-        self.batch.put_cf(data, key.as_str(), &raw);
+        self.stage_put(data, key.as_str(), raw.clone());
         self.log(
             ChangeKind::Put,
             key,
@@ -220,7 +306,7 @@ impl<'a> Txn<'a> {
             entry: Some(entry),
             prev: prev_raw,
         });
-        self.overlay.insert(key.clone(), Some((meta, raw)));
+        self.remember(key, Some((meta, raw)));
         Ok(revision)
     }
 
@@ -243,7 +329,7 @@ impl<'a> Txn<'a> {
             entry: None,
             prev: Some(raw),
         });
-        self.overlay.insert(key.clone(), None);
+        self.remember(key, None);
         Ok(true)
     }
 
@@ -251,12 +337,18 @@ impl<'a> Txn<'a> {
     /// outgrew its retention by count, the trimming of its head), then
     /// publishes the events in order. Returns the earliest expiry written.
     pub(crate) fn commit(mut self) -> Result<Option<u64>> {
-        if self.next == self.w.revision {
+        if self.next == self.w.revision && self.staged.is_empty() {
             return Ok(None);
         }
+        let mut batch = WriteBatch::default();
+        for op in self.staged.drain(..) {
+            match op {
+                Staged::Put(cf, k, v) => batch.put_cf(cf, k, v),
+                Staged::Delete(cf, k) => batch.delete_cf(cf, k),
+            }
+        }
         let meta = self.inner.cf(CF_META, self.op)?;
-        self.batch
-            .put_cf(meta, META_REVISION, self.next.to_be_bytes());
+        batch.put_cf(meta, META_REVISION, self.next.to_be_bytes());
         let keep = self.inner.config.changelog_max_entries;
         // Trim in chunks of a tenth of the retention, so that the log
         // holds between `keep` and `keep * 1.1` changes and range
@@ -266,12 +358,8 @@ impl<'a> Txn<'a> {
         if self.next.saturating_sub(compacted) >= keep + slack {
             let upto = self.next - keep;
             let log = self.inner.cf(CF_LOG, self.op)?;
-            self.batch.delete_range_cf(
-                log,
-                (compacted + 1).to_be_bytes(),
-                (upto + 1).to_be_bytes(),
-            );
-            self.batch.put_cf(meta, META_COMPACTED, upto.to_be_bytes());
+            batch.delete_range_cf(log, (compacted + 1).to_be_bytes(), (upto + 1).to_be_bytes());
+            batch.put_cf(meta, META_COMPACTED, upto.to_be_bytes());
             compacted = upto;
         }
         if let Some(e) = self.earliest_expiry {
@@ -282,13 +370,13 @@ impl<'a> Txn<'a> {
                 .reaped_through
                 .fetch_min(e.saturating_sub(1), Ordering::AcqRel);
         }
-        let batch = std::mem::take(&mut self.batch);
         self.inner
             .db
             .write_opt(batch, &self.inner.write_opts)
             .map_err(|e| from_rocks(e, self.op))?;
         self.w.revision = self.next;
         self.w.compacted = compacted;
+        self.inner.set_revision(self.next);
         let feed = &self.inner.feed;
         if feed.has_watchers() {
             for p in self.pending.drain(..) {

@@ -1,13 +1,12 @@
 //! The [`ChangeSource`] of the store: history from the change log and
 //! consistent snapshots, both read from one RocksDB snapshot. The fan-out
-//! to streams is kvmap-core's [`ChangeFeed`](kvmap_core::ChangeFeed).
+//! to streams is kvmap-core's [`ChangeFeed`](kvmap_core::backend::ChangeFeed).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kvmap_core::{
-    ChangeSource, Entry, Error, ErrorKind, KeyRange, Op, Result, Revision, WatchEvent,
-};
+use kvmap_core::backend::{history_scan_limit, ChangeSource, HistoryChunk};
+use kvmap_core::{Entry, Error, ErrorKind, KeyRange, Op, Result, Revision};
 use rocksdb::ReadOptions;
 
 use crate::codec::{decode_record, decode_u64, CF_LOG, CF_META, META_COMPACTED, META_REVISION};
@@ -52,8 +51,16 @@ impl Inner {
         Ok((entries, revision))
     }
 
-    /// Every change with a revision `>= from`, or `Compacted`.
-    pub(crate) fn history_from(&self, from: Revision) -> Result<Vec<WatchEvent>> {
+    /// One chunk of the changes with a revision `>= from` whose key is in
+    /// `range`, read from the change log under one snapshot: at most
+    /// `max_events` events after examining at most
+    /// [`history_scan_limit`]`(max_events)` records, or `Compacted`.
+    pub(crate) fn history_from(
+        &self,
+        from: Revision,
+        range: &KeyRange,
+        max_events: usize,
+    ) -> Result<HistoryChunk> {
         let snap = self.db.snapshot();
         let compacted = counter(self, &snap, META_COMPACTED)?;
         if from <= compacted {
@@ -71,13 +78,25 @@ impl Inner {
         opts.set_iterate_lower_bound(from.to_be_bytes().to_vec());
         let mut it = self.db.raw_iterator_cf_opt(log, opts);
         it.seek_to_first();
-        let mut out = Vec::new();
+        let scan_limit = history_scan_limit(max_events);
+        let mut events = Vec::new();
+        let mut scanned_through = from.saturating_sub(1);
+        let mut scanned = 0;
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            out.push(decode_record(decode_u64(k)?, v)?);
+            if events.len() >= max_events || scanned >= scan_limit {
+                return Ok(HistoryChunk::new(events, scanned_through, true));
+            }
+            let revision = decode_u64(k)?;
+            let event = decode_record(revision, v)?;
+            scanned += 1;
+            scanned_through = revision;
+            if event.key().is_some_and(|key| range.contains(key.as_str())) {
+                events.push(event);
+            }
             it.next();
         }
         it.status().map_err(|e| from_rocks(e, Op::Watch))?;
-        Ok(out)
+        Ok(HistoryChunk::new(events, scanned_through, false))
     }
 }
 
@@ -91,7 +110,16 @@ impl ChangeSource for Source {
         .await
     }
 
-    async fn history(&self, from: Revision) -> Result<Vec<WatchEvent>> {
-        offload(&self.0, Op::Watch, move |inner| inner.history_from(from)).await
+    async fn history(
+        &self,
+        from: Revision,
+        range: &KeyRange,
+        max_events: usize,
+    ) -> Result<HistoryChunk> {
+        let range = range.clone();
+        offload(&self.0, Op::Watch, move |inner| {
+            inner.history_from(from, &range, max_events)
+        })
+        .await
     }
 }

@@ -20,6 +20,7 @@ use redis::{Cmd, RedisError, ServerErrorKind as SK, Value};
 use crate::client::{NodeAddr, SlotRange};
 use crate::error::map;
 use crate::scripts;
+use crate::slots::key_slot;
 use crate::store::Inner;
 use crate::wid::WriteId;
 
@@ -33,30 +34,6 @@ enum Outcome {
     /// Not run by the server: retry alone.
     Retry,
     Failed(RedisError),
-}
-
-/// The hash slot of a key (CRC16/XMODEM of the key or its `{hash tag}`).
-pub(crate) fn key_slot(key: &[u8]) -> u16 {
-    let mut k = key;
-    if let Some(open) = key.iter().position(|&b| b == b'{') {
-        if let Some(len) = key[open + 1..].iter().position(|&b| b == b'}') {
-            if len > 0 {
-                k = &key[open + 1..open + 1 + len];
-            }
-        }
-    }
-    let mut crc: u16 = 0;
-    for &b in k {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
 }
 
 fn master_of(slots: &[SlotRange], slot: u16) -> Option<&NodeAddr> {
@@ -82,13 +59,21 @@ fn not_run(e: &RedisError) -> bool {
     )
 }
 
-/// Runs `cmds` (each with its server key) in per-node pipelines.
-async fn exec(inner: &Arc<Inner>, cmds: Vec<(String, Cmd)>, write: bool) -> Vec<Outcome> {
+/// Runs `cmds` (each with its server key) in per-node pipelines; with
+/// `wait` (a `WAIT`), each pipeline ends with it, on the same connection
+/// as its writes, and each command also gets the replica count its
+/// pipeline's `WAIT` answered (`None`: no `WAIT`, or it failed).
+async fn exec(
+    inner: &Arc<Inner>,
+    cmds: Vec<(String, Cmd)>,
+    write: bool,
+    wait: Option<Cmd>,
+) -> (Vec<Outcome>, Vec<Option<i64>>) {
     let n = cmds.len();
     let slots = if inner.client.is_cluster() {
         match inner.client.slots().await {
             Ok(s) => s,
-            Err(_) => return (0..n).map(|_| Outcome::Retry).collect(),
+            Err(_) => return ((0..n).map(|_| Outcome::Retry).collect(), vec![None; n]),
         }
     } else {
         Vec::new()
@@ -110,12 +95,16 @@ async fn exec(inner: &Arc<Inner>, cmds: Vec<(String, Cmd)>, write: bool) -> Vec<
     let results: Vec<(Vec<usize>, RedisResultVec)> = futures::stream::iter(jobs)
         .map(|(node, chunk)| {
             let inner = inner.clone();
+            let wait = wait.clone();
             async move {
                 let idx: Vec<usize> = chunk.iter().map(|(i, _)| *i).collect();
                 let mut pipe = redis::pipe();
                 pipe.ignore_errors();
                 for (_, c) in chunk {
                     pipe.add_command(c);
+                }
+                if let Some(w) = wait {
+                    pipe.add_command(w);
                 }
                 let r = match node {
                     // A cluster command whose slot has no known master is
@@ -134,9 +123,22 @@ async fn exec(inner: &Arc<Inner>, cmds: Vec<(String, Cmd)>, write: bool) -> Vec<
         .buffer_unordered(PIPELINES_IN_FLIGHT)
         .collect()
         .await;
+    let mut acked: Vec<Option<i64>> = vec![None; n];
+    let waited = usize::from(wait.is_some());
     for (idx, r) in results {
         match r {
-            Ok(values) if values.len() == idx.len() => {
+            Ok(mut values) if values.len() == idx.len() + waited => {
+                let replicas = if waited == 1 {
+                    match values.pop() {
+                        Some(Value::Int(r)) => Some(r),
+                        _ => None,
+                    }
+                } else {
+                    None
+                };
+                for &i in &idx {
+                    acked[i] = replicas;
+                }
                 for (i, v) in idx.into_iter().zip(values) {
                     out[i] = Some(match v {
                         Value::ServerError(e) => {
@@ -163,9 +165,11 @@ async fn exec(inner: &Arc<Inner>, cmds: Vec<(String, Cmd)>, write: bool) -> Vec<
             }
         }
     }
-    out.into_iter()
+    let out = out
+        .into_iter()
         .map(|o| o.unwrap_or(Outcome::Retry))
-        .collect()
+        .collect();
+    (out, acked)
 }
 
 /// A connection-level failure after which a write may or may not have
@@ -182,7 +186,7 @@ pub(crate) async fn get_many(inner: &Arc<Inner>, keys: Vec<Key>) -> Vec<Result<O
         .iter()
         .map(|k| (inner.server_key(k.as_str()), inner.read_cmd(k, false)))
         .collect();
-    let outcomes = exec(inner, cmds, false).await;
+    let (outcomes, _) = exec(inner, cmds, false, None).await;
     let mut out = Vec::with_capacity(keys.len());
     for (k, o) in keys.iter().zip(outcomes) {
         out.push(match o {
@@ -195,7 +199,9 @@ pub(crate) async fn get_many(inner: &Arc<Inner>, keys: Vec<Key>) -> Vec<Result<O
 }
 
 /// Applies the operations, one result per operation; in durable-write
-/// mode one `WAIT` on every master at the end.
+/// mode every pipeline ends with a `WAIT` on its own connection, which
+/// covers exactly the writes before it (a resent write is resent alone,
+/// with its own `WAIT`).
 pub(crate) async fn apply(inner: &Arc<Inner>, batch: Batch) -> Vec<Result<BatchOutcome>> {
     let wids: Vec<WriteId> = batch.ops.iter().map(|_| WriteId::new()).collect();
     let mut cmds = Vec::with_capacity(batch.ops.len());
@@ -214,54 +220,37 @@ pub(crate) async fn apply(inner: &Arc<Inner>, batch: Batch) -> Vec<Result<BatchO
             Err(e) => return batch.ops.iter().map(|_| Err(e.clone())).collect(),
         }
     }
-    let outcomes = exec(inner, cmds, true).await;
+    let durable = inner.cfg.durable_writes;
+    let wait = durable.map(|d| crate::client::wait_cmd(d.replicas, d.timeout));
+    let (outcomes, acked) = exec(inner, cmds, true, wait).await;
     let mut out = Vec::with_capacity(batch.ops.len());
-    for ((op, o), wid) in batch.ops.iter().zip(outcomes).zip(&wids) {
+    for (((op, o), wid), acked) in batch.ops.iter().zip(outcomes).zip(&wids).zip(acked) {
         let key = op.key();
         // A write whose pipeline lost its connection is resent alone with
         // the same write id: the script applies it at most once.
         let resend = matches!(&o, Outcome::Failed(e) if is_lost_reply(e));
+        let replicated = |applied: bool| match (durable, applied) {
+            (Some(d), true) => match acked {
+                Some(n) => inner.check_acked(n, d, Op::Apply, key.as_str()),
+                None => Err(inner.wait_failed(Op::Apply, key.as_str())),
+            },
+            _ => Ok(()),
+        };
         out.push(match (op, o) {
-            (BatchOp::Put { .. }, Outcome::Done(v)) => {
-                Inner::put_outcome(&v, key, Op::Apply).map(BatchOutcome::Put)
-            }
-            (BatchOp::Delete { .. }, Outcome::Done(v)) => {
-                Inner::delete_outcome(&v, key, Op::Apply).map(BatchOutcome::Deleted)
-            }
+            (BatchOp::Put { .. }, Outcome::Done(v)) => Inner::put_outcome(&v, key, Op::Apply)
+                .and_then(|r| replicated(true).map(|()| BatchOutcome::Put(r))),
+            (BatchOp::Delete { .. }, Outcome::Done(v)) => Inner::delete_outcome(&v, key, Op::Apply)
+                .and_then(|d| replicated(d).map(|()| BatchOutcome::Deleted(d))),
             (_, Outcome::Failed(e)) if !resend => Err(map(e, Op::Apply, Some(key.as_str()))),
             (BatchOp::Put { value, options, .. }, _) => inner
-                .put_one(key, value, options, Op::Apply, false, wid)
+                .put_one(key, value, options, Op::Apply, true, wid)
                 .await
                 .map(BatchOutcome::Put),
             (BatchOp::Delete { options, .. }, _) => inner
-                .delete_one(key, options, Op::Apply, false, wid)
+                .delete_one(key, options, Op::Apply, true, wid)
                 .await
                 .map(BatchOutcome::Deleted),
         });
     }
-
-    if inner.cfg.durable_writes.is_some() && out.iter().any(Result::is_ok) {
-        if let Err(e) = inner.durable(None, Op::Apply, "").await {
-            let e = e.with_retry(RetryClass::OutcomeUnknown);
-            return out
-                .into_iter()
-                .map(|r| r.and_then(|_| Err(e.clone())))
-                .collect();
-        }
-    }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slots_match_redis() {
-        // Values from the Redis Cluster specification / CLUSTER KEYSLOT.
-        assert_eq!(key_slot(b"foo"), 12182);
-        assert_eq!(key_slot(b"bar"), 5061);
-        assert_eq!(key_slot(b"kvmap:{user42}/a"), key_slot(b"user42"));
-        assert_eq!(key_slot(b"a{}b"), key_slot(b"a{}b"));
-    }
 }

@@ -10,10 +10,7 @@ use kvmap_core::{Error, ErrorKind, Op, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{
-    AggregateOp, MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo,
-    SingleNodeRoutingInfo, SlotAddr,
-};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{
     Client, Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, IntoConnectionInfo, RedisResult,
     ScriptInvocation, TlsCertificates, Value,
@@ -21,6 +18,7 @@ use redis::{
 
 use crate::config::{redact_url, RedisConfig, Topology};
 use crate::error::{map, own};
+use crate::rebuild::SharedCluster;
 
 /// A node address as announced by the server.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -41,13 +39,15 @@ pub(crate) struct SlotRange {
 #[derive(Clone)]
 enum Conn {
     Standalone(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(Arc<SharedCluster>),
 }
 
 /// The store's connection. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct RedisClient {
     conn: Conn,
+    /// The seed URLs (for the watcher's own cluster connection).
+    urls: Vec<String>,
     /// The seed's connection info (credentials, TLS kind) for per-node clients.
     seed: ConnectionInfo,
     certs: Option<TlsCertificates>,
@@ -121,39 +121,40 @@ impl RedisClient {
                     .set_number_of_retries(2)
                     .set_max_delay(Duration::from_millis(500));
                 let fut = ConnectionManager::new_with_config(client, mcfg);
-                let cm = tokio::time::timeout(cfg.connect_timeout * 2, fut)
+                let cm = tokio::time::timeout(cfg.connect_timeout.saturating_mul(2), fut)
                     .await
                     .map_err(|_| connect_timeout())?
                     .map_err(|e| open_err(e, "connect"))?;
                 Conn::Standalone(cm)
             }
             Topology::Cluster => {
-                let mut b = ClusterClient::builder(cfg.urls.clone())
-                    .connection_timeout(cfg.connect_timeout)
-                    .response_timeout(cfg.op_timeout)
+                let b = cluster_builder(&cfg.urls, &seed, certs.as_ref(), cfg)
                     .retries(6)
                     .min_retry_wait(50)
                     .max_retry_wait(1000);
-                if let Some(u) = seed.redis_settings().username() {
-                    b = b.username(u);
-                }
-                if let Some(p) = seed.redis_settings().password() {
-                    b = b.password(p);
-                }
-                if let Some(c) = &certs {
-                    b = b.certs(clone_certs(c));
-                }
                 let client = b.build().map_err(|e| open_err(e, "cluster client"))?;
                 let fut = client.get_async_connection();
-                let cc = tokio::time::timeout(cfg.connect_timeout * 2, fut)
+                let cc = match tokio::time::timeout(cfg.connect_timeout.saturating_mul(2), fut)
                     .await
                     .map_err(|_| connect_timeout())?
-                    .map_err(|e| open_err(e, "connect"))?;
-                Conn::Cluster(cc)
+                {
+                    Ok(cc) => cc,
+                    Err(e) => {
+                        return Err(diagnose_cluster_connect(&seed, certs.as_ref(), cfg)
+                            .await
+                            .unwrap_or_else(|| open_err(e, "connect")))
+                    }
+                };
+                Conn::Cluster(Arc::new(SharedCluster::new(
+                    cc,
+                    client,
+                    cfg.connect_timeout,
+                )))
             }
         };
         let this = Self {
             conn,
+            urls: cfg.urls.clone(),
             seed,
             certs,
             op_timeout: cfg.op_timeout,
@@ -172,11 +173,24 @@ impl RedisClient {
         matches!(self.conn, Conn::Cluster(_))
     }
 
+    /// How many times the cluster connection was replaced after it
+    /// stopped answering (see `rebuild`); 0 for a standalone server.
+    pub(crate) fn rebuilds(&self) -> u64 {
+        match &self.conn {
+            Conn::Cluster(c) => c.rebuilds(),
+            Conn::Standalone(_) => 0,
+        }
+    }
+
     /// Runs a command (routed by its key in a cluster).
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
         match &self.conn {
             Conn::Standalone(c) => cmd.query_async(&mut c.clone()).await,
-            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => {
+                let r = cmd.query_async(&mut c.get()).await;
+                c.observe(&r);
+                r
+            }
         }
     }
 
@@ -184,7 +198,11 @@ impl RedisClient {
     pub(crate) async fn invoke(&self, inv: &ScriptInvocation<'_>) -> RedisResult<Value> {
         match &self.conn {
             Conn::Standalone(c) => inv.invoke_async(&mut c.clone()).await,
-            Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await,
+            Conn::Cluster(c) => {
+                let r = inv.invoke_async(&mut c.get()).await;
+                c.observe(&r);
+                r
+            }
         }
     }
 
@@ -201,8 +219,9 @@ impl RedisClient {
                     host: node.host.clone(),
                     port: node.port,
                 });
-                let v = c.clone().route_command(cmd, routing).await?;
-                T::from_redis_value(v).map_err(Into::into)
+                let r = c.get().route_command(cmd, routing).await;
+                c.observe(&r);
+                T::from_redis_value(r?).map_err(Into::into)
             }
         }
     }
@@ -221,11 +240,18 @@ impl RedisClient {
                     host: node.host.clone(),
                     port: node.port,
                 };
-                c.clone()
+                let r = c
+                    .get()
                     .route_pipeline(pipe.clone(), 0, pipe.len(), route)
-                    .await
+                    .await;
+                c.observe(&r);
+                r
             }
-            (Conn::Cluster(c), None) => pipe.query_async(&mut c.clone()).await,
+            (Conn::Cluster(c), None) => {
+                let r = pipe.query_async(&mut c.get()).await;
+                c.observe(&r);
+                r
+            }
         }
     }
 
@@ -244,9 +270,12 @@ impl RedisClient {
                     skey.as_bytes(),
                     SlotAddr::Master,
                 ));
-                c.clone()
+                let r = c
+                    .get()
                     .route_pipeline(pipe.clone(), 0, pipe.len(), route)
-                    .await
+                    .await;
+                c.observe(&r);
+                r
             }
         }
     }
@@ -264,34 +293,9 @@ impl RedisClient {
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
                     Route::with_key(skey.as_bytes(), SlotAddr::Master),
                 ));
-                let v = c.clone().route_command(cmd.clone(), routing).await?;
-                T::from_redis_value(v).map_err(Into::into)
-            }
-        }
-    }
-
-    /// `WAIT replicas timeout` on the master of `route` (standalone: the
-    /// server), or on every master (`route: None`). Returns the smallest
-    /// number of replicas that acknowledged.
-    pub(crate) async fn wait(
-        &self,
-        route: Option<Route>,
-        replicas: u32,
-        timeout: Duration,
-    ) -> RedisResult<i64> {
-        let cmd = wait_cmd(replicas, timeout);
-        match &self.conn {
-            Conn::Standalone(c) => cmd.query_async(&mut c.clone()).await,
-            Conn::Cluster(c) => {
-                let routing = match route {
-                    Some(r) => RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(r)),
-                    None => RoutingInfo::MultiNode((
-                        MultipleNodeRoutingInfo::AllMasters,
-                        Some(ResponsePolicy::Aggregate(AggregateOp::Min)),
-                    )),
-                };
-                let v = c.clone().route_command(cmd, routing).await?;
-                i64::from_redis_value(v).map_err(Into::into)
+                let r = c.get().route_command(cmd.clone(), routing).await;
+                c.observe(&r);
+                T::from_redis_value(r?).map_err(Into::into)
             }
         }
     }
@@ -359,6 +363,40 @@ impl RedisClient {
         }
     }
 
+    /// A cluster connection of its own for sharded pub/sub (RESP3): every
+    /// push — shard channel messages, subscription confirmations, the
+    /// library's `Disconnection` notice — goes to `push`. Standalone:
+    /// `Ok(None)`.
+    pub(crate) async fn sharded_subscriber(
+        &self,
+        push: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+    ) -> RedisResult<Option<ClusterConnection>> {
+        if !self.is_cluster() {
+            return Ok(None);
+        }
+        let client = cluster_builder(&self.urls, &self.seed, self.certs.as_ref(), self.timeouts())
+            .retries(0)
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(push)
+            .build()?;
+        let fut = client.get_async_connection();
+        match tokio::time::timeout(self.connect_timeout.saturating_mul(2), fut).await {
+            Ok(r) => r.map(Some),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "sharded subscriber connect timed out",
+            )
+            .into()),
+        }
+    }
+
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            connect_timeout: self.connect_timeout,
+            op_timeout: self.op_timeout,
+        }
+    }
+
     /// Runs one command on a fresh direct connection to `node` (any role,
     /// replicas included).
     pub(crate) async fn direct_query<T: FromRedisValue>(
@@ -414,6 +452,78 @@ impl RedisClient {
     pub(crate) fn db(&self) -> i64 {
         self.seed.redis_settings().db()
     }
+}
+
+/// Why a cluster connection failed, when the cluster client only says
+/// "connection lost": a direct connection to the first seed shows a wrong
+/// password or user (`Unauthenticated`, `PermissionDenied`) or a TLS
+/// mismatch as what it is. `None` when the seed answers or fails for
+/// another reason (the original error is the better one then).
+async fn diagnose_cluster_connect(
+    seed: &ConnectionInfo,
+    certs: Option<&TlsCertificates>,
+    cfg: &RedisConfig,
+) -> Option<Error> {
+    let client = node_client(seed, certs).ok()?;
+    let acfg = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(cfg.connect_timeout))
+        .set_response_timeout(Some(cfg.op_timeout));
+    let probe = async {
+        let mut c = client
+            .get_multiplexed_async_connection_with_config(&acfg)
+            .await?;
+        redis::cmd("PING").query_async::<String>(&mut c).await
+    };
+    match tokio::time::timeout(cfg.connect_timeout.saturating_mul(2), probe).await {
+        Ok(Err(e)) => {
+            let err = open_err(e, "connect (seed checked directly)");
+            matches!(
+                err.kind(),
+                ErrorKind::Unauthenticated | ErrorKind::PermissionDenied
+            )
+            .then_some(err)
+        }
+        _ => None,
+    }
+}
+
+/// The timeouts a cluster client is built with.
+struct Timeouts {
+    connect_timeout: Duration,
+    op_timeout: Duration,
+}
+
+impl From<&RedisConfig> for Timeouts {
+    fn from(cfg: &RedisConfig) -> Self {
+        Self {
+            connect_timeout: cfg.connect_timeout,
+            op_timeout: cfg.op_timeout,
+        }
+    }
+}
+
+/// A cluster client builder with the store's seeds, credentials, TLS and
+/// timeouts.
+fn cluster_builder(
+    urls: &[String],
+    seed: &ConnectionInfo,
+    certs: Option<&TlsCertificates>,
+    timeouts: impl Into<Timeouts>,
+) -> redis::cluster::ClusterClientBuilder {
+    let t = timeouts.into();
+    let mut b = ClusterClient::builder(urls.to_vec())
+        .connection_timeout(t.connect_timeout)
+        .response_timeout(t.op_timeout);
+    if let Some(u) = seed.redis_settings().username() {
+        b = b.username(u);
+    }
+    if let Some(p) = seed.redis_settings().password() {
+        b = b.password(p);
+    }
+    if let Some(c) = certs {
+        b = b.certs(clone_certs(c));
+    }
+    b
 }
 
 /// `WAIT replicas timeout-ms`.

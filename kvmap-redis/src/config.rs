@@ -37,19 +37,25 @@ pub struct DurableWrites {
 /// Build with [`RedisConfig::standalone`] / [`RedisConfig::cluster`] and
 /// the `with_*` setters, deserialize it (every field but `urls` has a
 /// default), or read it from the environment with [`RedisConfig::from_env`].
-/// `Debug` never prints the password (nor a password inside a URL).
+/// `Debug` never prints the password (nor a password inside a URL), and
+/// neither does `Serialize`: it skips `password` and writes the URLs
+/// redacted, so a serialized config is safe to log but carries no
+/// credentials (set them again after deserializing).
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct RedisConfig {
     /// `redis://host:port` or `rediss://host:port` (TLS) URLs; for a cluster,
     /// one or more seed nodes. Credentials in the URL are used unless
     /// `username` / `password` are set.
+    #[serde(serialize_with = "serialize_redacted")]
     pub urls: Vec<String>,
     /// Standalone or cluster.
     pub topology: Topology,
     /// ACL user name (Redis 6+); `None`: the URL's, or `default`.
     pub username: Option<String>,
-    /// Password; `None`: the URL's, if any.
+    /// Password; `None`: the URL's, if any. Never serialized.
+    #[serde(skip_serializing)]
     pub password: Option<String>,
     /// PEM file of the CA that signed the servers' certificates (for
     /// `rediss://`); `None`: the system roots.
@@ -58,9 +64,18 @@ pub struct RedisConfig {
     pub tls_ca_pem: Option<String>,
     /// Prefix of every server key kvmap writes, e.g. `kvmap:`. Must not
     /// contain `{`, `}` or glob characters (`*?[]\`), so hash tags in keys
-    /// keep working and SCAN patterns stay exact.
-    pub namespace: String,
-    /// Per-operation timeout (each Redis round trip of a call).
+    /// keep working and SCAN patterns stay exact. (Not a "namespace": in
+    /// kvmap that word means the logical key scope of
+    /// [`Namespaced`](kvmap_core::Namespaced) and the `namespace=` URL
+    /// parameter; this is the physical server-side prefix, named like
+    /// Consul's `key_prefix`.)
+    #[serde(alias = "namespace")]
+    pub key_prefix: String,
+    /// Timeout of each Redis round trip of a call. A single-key call is
+    /// one round trip (with its resends, all within this timeout); a
+    /// `list` page and the set-up of a watch are many, each bounded by
+    /// it, and as a whole only by the context's deadline; a batch is
+    /// bounded by it times its number of pipeline rounds.
     pub op_timeout: Duration,
     /// Timeout of establishing a connection.
     pub connect_timeout: Duration,
@@ -81,6 +96,14 @@ pub struct RedisConfig {
     pub limits: Limits,
 }
 
+/// Writes the URLs with their passwords replaced by `***`.
+fn serialize_redacted<S: serde::Serializer>(
+    urls: &[String],
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    serializer.collect_seq(urls.iter().map(|u| redact_url(u)))
+}
+
 fn default_limits() -> Limits {
     Limits {
         max_key_bytes: 1024,
@@ -98,7 +121,7 @@ impl Default for RedisConfig {
             password: None,
             tls_ca_file: None,
             tls_ca_pem: None,
-            namespace: "kvmap:".into(),
+            key_prefix: "kvmap:".into(),
             op_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             durable_writes: None,
@@ -140,7 +163,7 @@ impl RedisConfig {
     /// | `KVMAP_REDIS_CLUSTER` | `1`/`true`: cluster |
     /// | `KVMAP_REDIS_USERNAME`, `KVMAP_REDIS_PASSWORD` | credentials |
     /// | `KVMAP_REDIS_TLS_CA` | path of the CA PEM |
-    /// | `KVMAP_REDIS_NAMESPACE` | key prefix (default `kvmap:`) |
+    /// | `KVMAP_REDIS_KEY_PREFIX` | `key_prefix` (default `kvmap:`; the old name `KVMAP_REDIS_NAMESPACE` is still read) |
     /// | `KVMAP_REDIS_OP_TIMEOUT_MS` | per-operation timeout |
     /// | `KVMAP_REDIS_WAIT_REPLICAS`, `KVMAP_REDIS_WAIT_TIMEOUT_MS` | durable writes |
     ///
@@ -170,8 +193,8 @@ impl RedisConfig {
         c.username = get("KVMAP_REDIS_USERNAME");
         c.password = get("KVMAP_REDIS_PASSWORD");
         c.tls_ca_file = get("KVMAP_REDIS_TLS_CA").map(PathBuf::from);
-        if let Some(ns) = get("KVMAP_REDIS_NAMESPACE") {
-            c.namespace = ns;
+        if let Some(ns) = get("KVMAP_REDIS_KEY_PREFIX").or_else(|| get("KVMAP_REDIS_NAMESPACE")) {
+            c.key_prefix = ns;
         }
         let ms = |name: &str| -> Result<Option<u64>> {
             get(name)
@@ -219,8 +242,8 @@ impl RedisConfig {
     }
 
     /// Sets the key prefix on the server.
-    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.namespace = namespace.into();
+    pub fn with_key_prefix(mut self, key_prefix: impl Into<String>) -> Self {
+        self.key_prefix = key_prefix.into();
         self
     }
 
@@ -286,11 +309,11 @@ impl RedisConfig {
             return Err(invalid("a standalone store takes exactly one url"));
         }
         if let Some(c) = self
-            .namespace
+            .key_prefix
             .chars()
             .find(|c| matches!(c, '{' | '}' | '*' | '?' | '[' | ']' | '\\') || c.is_control())
         {
-            return Err(invalid(&format!("namespace must not contain {c:?}")));
+            return Err(invalid(&format!("key_prefix must not contain {c:?}")));
         }
         if self.op_timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(invalid("timeouts must be positive"));
@@ -324,7 +347,7 @@ impl fmt::Debug for RedisConfig {
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(|_| "<pem>"))
-            .field("namespace", &self.namespace)
+            .field("key_prefix", &self.key_prefix)
             .field("op_timeout", &self.op_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("durable_writes", &self.durable_writes)
@@ -374,13 +397,21 @@ mod tests {
     fn validation() {
         assert!(RedisConfig::standalone("http://x").validate().is_err());
         assert!(RedisConfig::standalone("redis://x:1")
-            .with_namespace("a{b")
+            .with_key_prefix("a{b")
             .validate()
             .is_err());
         assert!(RedisConfig::cluster(["redis://a:1", "rediss://b:2"])
             .validate()
             .is_ok());
         let c: RedisConfig = serde_json::from_str(r#"{"urls":["redis://x:1"]}"#).unwrap();
-        assert_eq!(c.namespace, "kvmap:");
+        let secret = RedisConfig::standalone("redis://u:p%40ss%3Fw0rd@h:1")
+            .with_credentials(Some("u".into()), "hunter22");
+        let json = serde_json::to_string(&secret).unwrap();
+        assert!(
+            !json.contains("hunter22") && !json.contains("w0rd"),
+            "{json}"
+        );
+        assert!(json.contains("redis://u:***@h:1"), "{json}");
+        assert_eq!(c.key_prefix, "kvmap:");
     }
 }

@@ -11,7 +11,8 @@
 //! | TLS certificate not trusted | `Unauthenticated` (detail names TLS) | never |
 //! | `NOPERM` | `PermissionDenied` | never |
 //! | `OOM` | `Unavailable` | safe (the write was refused) |
-//! | `WRONGTYPE`, `KVMAP_BADDATA` (foreign key in the namespace) | `InvalidData` | never |
+//! | `NOREPLICAS` / `BUSY` (a script still running) | `Unavailable` | safe (the server refused) |
+//! | `WRONGTYPE`, `KVMAP_BADDATA` (foreign key under the key prefix) | `InvalidData` | never |
 //! | bad client configuration | `InvalidArgument` | never |
 //! | anything else | `Internal` | never |
 
@@ -73,7 +74,12 @@ fn classify(e: &RedisError, write: bool) -> (ErrorKind, RetryClass, Option<Strin
         (RK::Server(SK::NoPerm), _) | (_, "NOPERM") => (
             ErrorKind::PermissionDenied,
             RetryClass::Never,
-            Some("the redis user lacks a permission".into()),
+            // The write scripts' own refusals say which right is missing.
+            Some(
+                e.detail()
+                    .and_then(|d| d.strip_prefix("kvmap: "))
+                    .map_or_else(|| "the redis user lacks a permission".into(), str::to_owned),
+            ),
         ),
         (_, "OOM") => (
             ErrorKind::Unavailable,
@@ -105,6 +111,15 @@ fn classify(e: &RedisError, write: bool) -> (ErrorKind, RetryClass, Option<Strin
             ErrorKind::Unavailable,
             RetryClass::Safe,
             Some(format!("cluster not ready ({code})")),
+        ),
+        // Replies of a server that refused the command before running it:
+        // too few replicas for `min-replicas-to-write`, a script still
+        // running, a replica without its master, a server loading its
+        // dataset.
+        (_, "NOREPLICAS" | "BUSY" | "MASTERDOWN" | "LOADING") => (
+            ErrorKind::Unavailable,
+            RetryClass::Safe,
+            Some(format!("server refused the command ({code})")),
         ),
         (RK::ClusterConnectionNotFound, _) => (
             ErrorKind::Unavailable,
@@ -191,6 +206,30 @@ mod tests {
             (
                 server("-LOADING loading\r\n"),
                 Op::Get,
+                K::Unavailable,
+                R::Safe,
+            ),
+            (
+                server("-NOREPLICAS Not enough good replicas to write.\r\n"),
+                Op::Put,
+                K::Unavailable,
+                R::Safe,
+            ),
+            (
+                server("-BUSY Redis is busy running a script.\r\n"),
+                Op::Delete,
+                K::Unavailable,
+                R::Safe,
+            ),
+            (
+                server("-MASTERDOWN Link with MASTER is down\r\n"),
+                Op::Put,
+                K::Unavailable,
+                R::Safe,
+            ),
+            (
+                server("-LOADING Redis is loading the dataset in memory\r\n"),
+                Op::Apply,
                 K::Unavailable,
                 R::Safe,
             ),

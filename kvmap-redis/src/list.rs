@@ -1,6 +1,6 @@
 //! Ordered `list`: `SCAN` on every master, merged and sorted client-side.
 //!
-//! Redis keeps no order, so every page scans every key of the namespace
+//! Redis keeps no order, so every page scans every key under the key prefix
 //! matching the longest literal prefix of the range (`SCAN MATCH
 //! ns:prefix*`) on every master and reads the first `limit + 1` names
 //! that still exist. Cost per page: O(keys matching the prefix) on the
@@ -191,7 +191,7 @@ async fn scan_node(
     pattern: &str,
     window: &Window<'_>,
 ) -> Result<TopK> {
-    let ns = inner.cfg.namespace.as_bytes();
+    let ns = inner.cfg.key_prefix.as_bytes();
     let mut cursor = "0".to_owned();
     let mut top = TopK::new(window.cap);
     loop {
@@ -215,7 +215,7 @@ async fn scan_node(
                     ErrorKind::InvalidData,
                     Op::List,
                     None,
-                    "a key in the namespace is not utf-8",
+                    "a key in the key_prefix is not utf-8",
                 )
             })?;
             if window.admits(name) {
@@ -476,7 +476,7 @@ async fn scan_attempt(
 
 /// The smallest `window.cap` names of the window, from every master.
 async fn scan_window(inner: &Inner, range: &KeyRange, window: &Window<'_>) -> Result<TopK> {
-    let ns = &inner.cfg.namespace;
+    let ns = &inner.cfg.key_prefix;
     let pattern = format!(
         "{}{}*",
         glob_escape(ns),
@@ -508,7 +508,7 @@ async fn scan_window(inner: &Inner, range: &KeyRange, window: &Window<'_>) -> Re
     Err(own(ErrorKind::Unavailable, Op::List, None, detail))
 }
 
-/// Every key of the namespace in `range`, sorted, from every master.
+/// Every key under the key prefix in `range`, sorted, from every master.
 pub(crate) async fn scan_range(inner: &Inner, range: &KeyRange) -> Result<BTreeSet<String>> {
     let window = Window {
         range,
@@ -537,7 +537,7 @@ pub(crate) async fn fetch_in_order(
                         ErrorKind::InvalidData,
                         Op::List,
                         Some(&n),
-                        "a key in the namespace breaks the key rules",
+                        "a key in the key_prefix breaks the key rules",
                     )
                     .with_source(e)
                 })

@@ -3,31 +3,31 @@
 //!
 //! # Layout
 //! Two string keys per lock key, both in the hash slot of the data key
-//! (`namespace + key`) and both outside the namespace:
+//! (`key prefix + key`) and both outside the key prefix:
 //!
 //! | key | content | expiry |
 //! | --- | --- | --- |
-//! | `{T}__kvmap_lock:<namespace><key>` | the lease: `<owner id>:<token>` | `PX` = the lock's TTL |
-//! | `{T}__kvmap_fence:<namespace><key>` | the fencing counter: the last token, `max(last + 1, server time in µs)` | never |
+//! | `{T}__kvmap_lock:<key_prefix><key>` | the lease: `<owner id>:<token>` | `PX` = the lock's TTL |
+//! | `{T}__kvmap_fence:<key_prefix><key>` | the fencing counter: the last token, `max(last + 1, server time in µs)` | never |
 //!
 //! `T` is a decimal hash tag whose CRC16 slot is the data key's slot, so
 //! the two keys sit on the master of the data key (one script touches
 //! both without crossing slots) and fail over with it. The names start
-//! with `{`, which a namespace may not contain: `list`'s `SCAN MATCH
-//! namespace*`, the watch's key filter (change events and expiry
-//! notifications are matched by the namespace prefix) and reads of data
-//! keys never meet them. An empty namespace would put every key of the
-//! database in the namespace, so locks are unsupported then.
+//! with `{`, which a key prefix may not contain: `list`'s `SCAN MATCH
+//! <key_prefix>*`, the watch's key filter (change events and expiry
+//! notifications are matched by the key prefix) and reads of data
+//! keys never meet them. An empty key prefix would put every key of the
+//! database under the key prefix, so locks are unsupported then.
 //!
 //! Every call is one script (`EVALSHA`), see `scripts::LOCK_*`: acquire
 //! returns the stored token when the lease is already this owner's (a
 //! resent attempt) and otherwise takes a free lease with a fresh token;
 //! renew and release only touch a lease whose owner matches. With durable
-//! writes, a taken or renewed lease is followed by `WAIT` on the same
-//! connection and slot, as for data writes.
+//! writes, the acquire or renew script and a `WAIT` go in one pipeline on
+//! the key's master, as for data writes, so the `WAIT` covers that write.
 
-use std::fmt::{self, Write as _};
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::fmt;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,6 +37,7 @@ use redis::{Script, Value};
 
 use crate::error::{map, own, BACKEND};
 use crate::scripts::{LOCK_ACQUIRE, LOCK_RELEASE, LOCK_RENEW};
+use crate::slots::slot_tag;
 use crate::store::Inner;
 
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(LOCK_ACQUIRE));
@@ -48,56 +49,6 @@ pub(crate) const LEASE_PREFIX: &str = "__kvmap_lock:";
 /// The prefix of fencing counter keys (after the hash tag).
 pub(crate) const FENCE_PREFIX: &str = "__kvmap_fence:";
 
-/// Redis Cluster's number of hash slots.
-const SLOTS: usize = 16384;
-/// The search for slot tags stops here (all slots are covered far below:
-/// see the unit test).
-const TAG_SEARCH_LIMIT: u32 = 10_000_000;
-
-/// The hash slot of a server key (honouring a `{hash tag}`), as an index.
-pub(crate) fn key_slot(key: &[u8]) -> usize {
-    usize::from(crate::batch::key_slot(key))
-}
-
-/// For every slot, the smallest decimal number whose CRC16 lands in it
-/// (`u32::MAX`: none found, which the unit test rules out).
-fn slot_tags() -> &'static [u32] {
-    static TAGS: OnceLock<Vec<u32>> = OnceLock::new();
-    TAGS.get_or_init(|| {
-        let mut tags = vec![u32::MAX; SLOTS];
-        let mut left = SLOTS;
-        let mut buf = String::new();
-        let mut n = 0u32;
-        while left > 0 && n < TAG_SEARCH_LIMIT {
-            buf.clear();
-            let _ = write!(buf, "{n}");
-            let slot = key_slot(buf.as_bytes());
-            if tags[slot] == u32::MAX {
-                tags[slot] = n;
-                left -= 1;
-            }
-            n += 1;
-        }
-        tags
-    })
-}
-
-/// A decimal hash tag whose slot is the slot of `server_key`: a key
-/// `{tag}...` lives on the same master (used for lock keys and write
-/// records).
-pub(crate) fn slot_tag(server_key: &str, op: Op, key: &str) -> Result<u32> {
-    let slot = key_slot(server_key.as_bytes());
-    match slot_tags().get(slot).copied() {
-        Some(tag) if tag != u32::MAX => Ok(tag),
-        _ => Err(own(
-            ErrorKind::Internal,
-            op,
-            Some(key),
-            format!("no hash tag found for slot {slot}"),
-        )),
-    }
-}
-
 /// The server keys of one lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LockKeys {
@@ -108,7 +59,7 @@ pub(crate) struct LockKeys {
 }
 
 impl LockKeys {
-    /// The lock keys of data key `server_key` (`namespace + key`).
+    /// The lock keys of data key `server_key` (`key prefix + key`).
     pub(crate) fn of(server_key: &str, key: &str) -> Result<Self> {
         let tag = slot_tag(server_key, Op::Lock, key)?;
         Ok(Self {
@@ -137,7 +88,7 @@ pub(crate) struct RedisLocks {
 impl fmt::Debug for RedisLocks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisLocks")
-            .field("namespace", &self.inner.cfg.namespace)
+            .field("key_prefix", &self.inner.cfg.key_prefix)
             .finish_non_exhaustive()
     }
 }
@@ -146,17 +97,17 @@ impl RedisLocks {
     /// The lock driver of the store behind `inner`.
     ///
     /// # Errors
-    /// `Unsupported { Lock }` with an empty namespace (the lock keys could
+    /// `Unsupported { Lock }` with an empty key prefix (the lock keys could
     /// not be kept out of it).
     pub(crate) fn new(inner: Arc<Inner>, key: &Key) -> Result<Self> {
-        if inner.cfg.namespace.is_empty() {
+        if inner.cfg.key_prefix.is_empty() {
             return Err(own(
                 ErrorKind::Unsupported {
                     capability: Capability::Lock,
                 },
                 Op::Lock,
                 Some(key.as_str()),
-                "locks need a non-empty namespace (their keys live outside it)",
+                "locks need a non-empty key_prefix (their keys live outside it)",
             ));
         }
         Ok(Self { inner })
@@ -186,7 +137,7 @@ impl RedisLocks {
         let (this, key, owner) = (self.clone(), key.clone(), owner.to_owned());
         tokio::spawn(async move {
             if let Err(e) = this.release_owner(&key, &owner).await {
-                tracing::debug!(error = %e, "redis lock: releasing an uncertain acquisition failed; it expires by its ttl");
+                tracing::debug!(error = %e.report(), "redis lock: releasing an uncertain acquisition failed; it expires by its ttl");
             }
         });
     }
@@ -233,26 +184,32 @@ impl LockDriver for RedisLocks {
     async fn try_acquire(&self, key: &Key, owner: &str, ttl: Duration) -> Result<Option<Lease>> {
         let locks = self;
         let keys = locks.keys(key)?;
-        let mut inv = ACQUIRE.key(&keys.lease);
-        inv.key(&keys.fence).arg(owner).arg(ttl_ms(ttl));
-        let v = match locks.inner.client.invoke(&inv).await {
-            Ok(v) => v,
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(ACQUIRE.get_hash())
+            .arg(2)
+            .arg(&keys.lease)
+            .arg(&keys.fence)
+            .arg(owner)
+            .arg(ttl_ms(ttl));
+        // In durable mode the script and its `WAIT` go in one pipeline on
+        // the key's master, so the `WAIT` covers this very write.
+        let (v, acked) = match locks
+            .inner
+            .run_write(LOCK_ACQUIRE, &cmd, key, Op::Lock, true)
+            .await
+        {
+            Ok(r) => r,
             Err(e) => {
-                let err = map(e, Op::Lock, Some(key.as_str()));
-                if err.retry_class() == RetryClass::OutcomeUnknown {
+                if e.retry_class() == RetryClass::OutcomeUnknown {
                     locks.give_back(key, owner);
                 }
-                return Err(err);
+                return Err(e);
             }
         };
         let Some(token) = token_reply(&v, key)? else {
             return Ok(None);
         };
-        if let Err(e) = locks
-            .inner
-            .durable(Some(&keys.lease), Op::Lock, key.as_str())
-            .await
-        {
+        if let Err(e) = locks.inner.check_applied(acked, Op::Lock, key.as_str()) {
             // Taken on the master but not proven replicated: give it back
             // rather than hand out a lease a failover may forget.
             locks.give_back(key, owner);
@@ -267,22 +224,21 @@ impl LockDriver for RedisLocks {
     async fn renew(&self, key: &Key, lease: &Lease, ttl: Duration) -> Result<bool> {
         let locks = self;
         let keys = locks.keys(key)?;
-        let mut inv = RENEW.key(&keys.lease);
-        inv.arg(&lease.handle).arg(ttl_ms(ttl));
-        let v = locks
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(RENEW.get_hash())
+            .arg(1)
+            .arg(&keys.lease)
+            .arg(&lease.handle)
+            .arg(ttl_ms(ttl));
+        let (v, acked) = locks
             .inner
-            .client
-            .invoke(&inv)
-            .await
-            .map_err(|e| map(e, Op::Lock, Some(key.as_str())))?;
+            .run_write(LOCK_RENEW, &cmd, key, Op::Lock, true)
+            .await?;
         let renewed = flag(&v, key)?;
         if renewed {
             // A renewal a promoted replica never saw would let the lease
             // expire early there: only a replicated renewal counts.
-            locks
-                .inner
-                .durable(Some(&keys.lease), Op::Lock, key.as_str())
-                .await?;
+            locks.inner.check_applied(acked, Op::Lock, key.as_str())?;
         }
         Ok(renewed)
     }
@@ -295,37 +251,7 @@ impl LockDriver for RedisLocks {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slots_match_redis() {
-        // From the Redis Cluster specification, and the redis crate's own
-        // slot function as the oracle (it exposes no slot number itself).
-        assert_eq!(key_slot(b"123456789"), 0x31C3 % SLOTS);
-        assert_eq!(key_slot(b"foo"), 12182);
-        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
-        for k in [
-            &b"foo{}{bar}"[..],
-            b"foo{{bar}}zap",
-            b"{10789}__kvmap_lock:x",
-            b"a}b{",
-        ] {
-            let ours = redis::cluster_routing::Slot::new(u16::try_from(key_slot(k)).unwrap());
-            assert_eq!(
-                ours,
-                Some(redis::cluster_routing::Slot::for_key(k)),
-                "{k:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn every_slot_has_a_tag() {
-        let tags = slot_tags();
-        assert!(tags.iter().all(|&t| t != u32::MAX));
-        for (slot, t) in tags.iter().enumerate().step_by(97) {
-            assert_eq!(key_slot(format!("{{{t}}}x").as_bytes()), slot);
-        }
-    }
+    use crate::slots::key_slot;
 
     #[test]
     fn lock_keys_share_the_data_slot_and_leave_the_namespace() {

@@ -2,7 +2,7 @@
 //! of stored hashes and of published change events.
 //!
 //! # Layout
-//! One Redis hash per key, at `namespace + key`:
+//! One Redis hash per key, at `key prefix + key`:
 //!
 //! | field | content |
 //! | --- | --- |
@@ -13,8 +13,8 @@
 //!
 //! Each applied write also leaves a **write record** for 60 s,
 //! `{T}__kvmap_w:<write id>` (a string in the key's slot, outside the
-//! namespace): `p<revision>` for a put, `d` for a delete. No records with
-//! an empty namespace (see the crate docs, *Exactly-once writes*).
+//! key prefix): `p<revision>` for a put, `d` for a delete. No records with
+//! an empty key prefix (see the crate docs, *Exactly-once writes*).
 //!
 //! A key of another type fails the script's `HMGET` with `WRONGTYPE`
 //! (Redis 7 keeps the error code); a hash without the `r` field, or with
@@ -70,13 +70,29 @@ end
 -- A resend changes nothing, so it writes its record's expiry again: one
 -- write on this connection, so a WAIT after it covers the first send.
 local function touch() redis.call('PEXPIRE', rec, 60000) end
+-- Redis checks ACL rights per call and does not undo a script's earlier
+-- writes, so every right the script needs is checked before its first
+-- write (redis.acl_check_cmd exists from Redis 7.0; Redis 6 publishes on
+-- any channel by default).
+local function may(...) return not redis.acl_check_cmd or redis.acl_check_cmd(...) end
+local function refused(channel, publish, may_write)
+  if not may_write or (rec and not (may('SET', rec, 'x') and may('PEXPIRE', rec, '1'))) then
+    return 'NOPERM kvmap: this user may not write the key or its write record (nothing written)'
+  end
+  if channel ~= '' and not may(publish, channel, 'x') then
+    return 'NOPERM kvmap: this user may not publish change events on ' .. channel ..
+      ' (grant the channel, or turn watch events off; nothing written)'
+  end
+end
 "#
     };
 }
 
 /// Put: KEYS[1] = key, KEYS[2] = the write record (optional); ARGV =
 /// write id, value, mode (`o`/`c`/`u`), expected revision, ttl in ms
-/// (`0`: none), channel (empty: do not publish).
+/// (`0`: none), channel (empty: do not publish), publish command
+/// (`SPUBLISH` to the key's own shard channel in a cluster, `PUBLISH` on
+/// a standalone server).
 ///
 /// Replies `{'ok', rev, crev, exp}` (a resend of an applied write:
 /// `{'ok', rev}`), `{'exists', rev}` or `{'conflict', rev or ''}`.
@@ -88,6 +104,13 @@ local mode, ttl = ARGV[3], tonumber(ARGV[5])
 if not ttl or ttl < 0 or ttl > 4503599627370496 or (mode ~= 'o' and mode ~= 'c' and mode ~= 'u') then
   return redis.error_reply('KVMAP_BADARG put mode or ttl')
 end
+if ARGV[6] ~= '' and ARGV[7] ~= 'PUBLISH' and ARGV[7] ~= 'SPUBLISH' then
+  return redis.error_reply('KVMAP_BADARG publish command')
+end
+local no = refused(ARGV[6], ARGV[7], may('HSET', key, 'v', 'x')
+  and (ttl == 0 or may('PEXPIRE', key, '1'))
+  and (pe == '0' or (may('HDEL', key, 'e') and may('PERSIST', key))))
+if no then return redis.error_reply(no) end
 if done and string.sub(done, 1, 1) == 'p' then touch(); return {'ok', string.sub(done, 2)} end
 if mode == 'c' and r then return {'exists', rs} end
 if mode == 'u' and rs ~= ARGV[4] then return {'conflict', rs or ''} end
@@ -109,7 +132,7 @@ else
 end
 record('p' .. nrs)
 if ARGV[6] ~= '' then
-  redis.call('PUBLISH', ARGV[6], 'P ' .. nrs .. ' ' .. cs .. ' ' .. e .. ' ' .. #key .. ' ' ..
+  redis.call(ARGV[7], ARGV[6], 'P ' .. nrs .. ' ' .. cs .. ' ' .. e .. ' ' .. #key .. ' ' ..
     (rs or '0') .. ' ' .. c .. ' ' .. pe .. ' ' .. #pv .. '\n' .. key .. pv .. ARGV[2])
 end
 return {'ok', nrs, cs, e}
@@ -117,13 +140,19 @@ return {'ok', nrs, cs, e}
 );
 
 /// Delete: KEYS[1] = key, KEYS[2] = the write record (optional); ARGV =
-/// write id, expected revision (empty: any), channel.
+/// write id, expected revision (empty: any), channel, publish command
+/// (as for [`PUT`]).
 ///
 /// Replies `{'ok'}` (also for a resend of an applied delete), `{'absent'}`
 /// or `{'conflict', rev or ''}`.
 pub(crate) const DELETE: &str = concat!(
     write_prelude!(),
     r#"
+if ARGV[3] ~= '' and ARGV[4] ~= 'PUBLISH' and ARGV[4] ~= 'SPUBLISH' then
+  return redis.error_reply('KVMAP_BADARG publish command')
+end
+local no = refused(ARGV[3], ARGV[4], may('DEL', key))
+if no then return redis.error_reply(no) end
 if done == 'd' then touch(); return {'ok'} end
 if ARGV[2] ~= '' and rs ~= ARGV[2] then return {'conflict', rs or ''} end
 if not r then return {'absent'} end
@@ -132,7 +161,7 @@ record('d')
 if ARGV[3] ~= '' then
   local nr = now_us
   if r + 1 > nr then nr = r + 1 end
-  redis.call('PUBLISH', ARGV[3], 'D ' .. string.format('%.0f', nr) .. ' 0 0 ' .. #key .. ' ' ..
+  redis.call(ARGV[4], ARGV[3], 'D ' .. string.format('%.0f', nr) .. ' 0 0 ' .. #key .. ' ' ..
     rs .. ' ' .. c .. ' ' .. pe .. ' ' .. #pv .. '\n' .. key .. pv)
 end
 return {'ok'}

@@ -22,10 +22,10 @@ use redis::Value;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::batch::key_slot;
 use crate::client::{NodeAddr, SlotRange};
 use crate::error::{map, own};
 use crate::scripts;
+use crate::slots::key_slot;
 use crate::store::Inner;
 
 /// How long a cached slot map is used for routing stale reads.

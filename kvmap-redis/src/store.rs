@@ -4,12 +4,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use kvmap_core::backend::Scope;
 use kvmap_core::{
     Batch, BatchOutcome, Capabilities, Consistency, Context, DeleteOptions, Entry, ErrorKind, Key,
     KvStore, ListPage, ListRequest, LockGuard, LockOptions, Op, PutMode, PutOptions, Result,
-    RetryClass, Revision, Scope, Support, WatchRequest, WatchStream,
+    RetryClass, Revision, Support, WatchRequest, WatchStream,
 };
-use redis::cluster_routing::{Route, SlotAddr};
 use redis::{FromRedisValue, Script, ServerErrorKind as SK, Value};
 
 use crate::client::RedisClient;
@@ -35,7 +35,9 @@ pub(crate) struct Inner {
     pub(crate) cfg: RedisConfig,
     put: Script,
     delete: Script,
-    /// The channel writes publish change events on (empty: none).
+    /// The event channel (empty: no events): the channel itself on a
+    /// standalone server; in a cluster the name after each slot's hash tag
+    /// (see [`Inner::event_target`]).
     pub(crate) channel: String,
     /// The slot map for which keyspace notifications were last checked.
     pub(crate) notifications_verified: tokio::sync::Mutex<Option<Vec<crate::client::SlotRange>>>,
@@ -62,7 +64,7 @@ impl RedisStore {
     pub async fn connect(config: RedisConfig) -> Result<Self> {
         let client = RedisClient::connect(&config).await?;
         let channel = if config.watch_events {
-            format!("{}__kvmap_events", config.namespace)
+            format!("{}__kvmap_events", config.key_prefix)
         } else {
             String::new()
         };
@@ -82,6 +84,13 @@ impl RedisStore {
     /// The configuration.
     pub fn config(&self) -> &RedisConfig {
         &self.inner.cfg
+    }
+
+    /// How many times the store replaced its cluster connection because
+    /// it stopped answering (consecutive connection failures and no
+    /// answer for 2 s); always 0 on a standalone server. For diagnostics.
+    pub fn connection_rebuilds(&self) -> u64 {
+        self.inner.client.rebuilds()
     }
 
     pub(crate) fn scope<'a>(&self, op: Op, key: Option<&'a str>) -> Scope<'a> {
@@ -108,7 +117,7 @@ impl RedisStore {
 
 impl Inner {
     pub(crate) fn server_key(&self, key: &str) -> String {
-        format!("{}{}", self.cfg.namespace, key)
+        format!("{}{}", self.cfg.key_prefix, key)
     }
 
     /// The `HMGET` of a read.
@@ -146,18 +155,47 @@ impl Inner {
     }
 
     /// `EVALSHA` of `script` on the key (and its write record, if any)
-    /// with the write id as the first argument.
-    fn write_cmd(&self, script: &Script, key: &Key, op: Op, wid: &WriteId) -> Result<redis::Cmd> {
+    /// with the write id as the first argument; also returns the server
+    /// key.
+    fn write_cmd(
+        &self,
+        script: &Script,
+        key: &Key,
+        op: Op,
+        wid: &WriteId,
+    ) -> Result<(redis::Cmd, String)> {
         let skey = self.server_key(key.as_str());
-        let record = wid.record_key(&self.cfg.namespace, &skey, op, key.as_str())?;
+        let record = wid.record_key(&self.cfg.key_prefix, &skey, op, key.as_str())?;
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(script.get_hash());
         match record {
-            Some(t) => cmd.arg(2).arg(skey).arg(t),
-            None => cmd.arg(1).arg(skey),
+            Some(t) => cmd.arg(2).arg(&skey).arg(t),
+            None => cmd.arg(1).arg(&skey),
         };
         cmd.arg(wid.as_str());
-        Ok(cmd)
+        Ok((cmd, skey))
+    }
+
+    /// The channel and publish command of `skey`'s change events (the last
+    /// two script arguments): in a cluster the key's own shard channel
+    /// `{T}<key_prefix>__kvmap_events` (`T` a hash tag of the key's slot)
+    /// with `SPUBLISH`, so the event is delivered by the key's master and
+    /// never crosses the cluster bus; on a standalone server the one
+    /// channel with `PUBLISH`. An empty channel when events are off.
+    pub(crate) fn event_target(
+        &self,
+        skey: &str,
+        op: Op,
+        key: &str,
+    ) -> Result<(String, &'static str)> {
+        if self.channel.is_empty() {
+            return Ok((String::new(), "PUBLISH"));
+        }
+        if !self.client.is_cluster() {
+            return Ok((self.channel.clone(), "PUBLISH"));
+        }
+        let tag = crate::slots::slot_tag(skey, op, key)?;
+        Ok((shard_channel(tag, &self.channel), "SPUBLISH"))
     }
 
     /// The put script call (also for pipelines).
@@ -170,12 +208,14 @@ impl Inner {
         wid: &WriteId,
     ) -> Result<redis::Cmd> {
         let (mode, expected, ttl_ms) = Self::put_args(options);
-        let mut cmd = self.write_cmd(&self.put, key, op, wid)?;
+        let (mut cmd, skey) = self.write_cmd(&self.put, key, op, wid)?;
+        let (channel, publish) = self.event_target(&skey, op, key.as_str())?;
         cmd.arg(value.as_ref())
             .arg(mode)
             .arg(expected)
             .arg(ttl_ms)
-            .arg(&self.channel);
+            .arg(channel)
+            .arg(publish);
         Ok(cmd)
     }
 
@@ -191,8 +231,9 @@ impl Inner {
             .if_revision
             .map(|r| r.to_string())
             .unwrap_or_default();
-        let mut cmd = self.write_cmd(&self.delete, key, op, wid)?;
-        cmd.arg(expected).arg(&self.channel);
+        let (mut cmd, skey) = self.write_cmd(&self.delete, key, op, wid)?;
+        let (channel, publish) = self.event_target(&skey, op, key.as_str())?;
+        cmd.arg(expected).arg(channel).arg(publish);
         Ok(cmd)
     }
 
@@ -237,7 +278,7 @@ impl Inner {
     /// sends again. Returns the script's reply and, in durable mode, how
     /// many replicas the `WAIT` saw (checked by the caller only for an
     /// applied write: a refused one wrote nothing to replicate).
-    async fn run_write(
+    pub(crate) async fn run_write(
         &self,
         code: &str,
         cmd: &redis::Cmd,
@@ -334,7 +375,7 @@ impl Inner {
 
     /// In durable mode, the error of an applied write whose `WAIT` saw
     /// `acked` replicas, too few.
-    fn check_applied(&self, acked: Option<i64>, op: Op, key: &str) -> Result<()> {
+    pub(crate) fn check_applied(&self, acked: Option<i64>, op: Op, key: &str) -> Result<()> {
         match (self.cfg.durable_writes, acked) {
             (Some(d), Some(acked)) => self.check_acked(acked, d, op, key),
             _ => Ok(()),
@@ -364,37 +405,16 @@ impl Inner {
         Ok(())
     }
 
-    /// In durable-write mode, waits for the replicas of the master that
-    /// took the write (`skey: None`: of every master).
-    pub(crate) async fn durable(&self, skey: Option<&str>, op: Op, key: &str) -> Result<()> {
-        let Some(d) = self.cfg.durable_writes else {
-            return Ok(());
-        };
-        let route = skey.map(|k| Route::with_key(k.as_bytes(), SlotAddr::Master));
-        let acked = self
-            .client
-            .wait(route, d.replicas, d.timeout)
-            .await
-            .map_err(|e| {
-                // The write was applied; only its replication is unknown.
-                // A `WAIT` refused by a node demoted to replica during a
-                // failover ("ERR WAIT cannot be used with replica
-                // instances") is unavailability, not a bug.
-                let err = map(e, op, Some(key));
-                let err = if err.kind() == ErrorKind::Internal {
-                    own(
-                        ErrorKind::Unavailable,
-                        op,
-                        Some(key),
-                        "durable write: wait failed",
-                    )
-                    .with_source(err)
-                } else {
-                    err
-                };
-                err.with_retry(RetryClass::OutcomeUnknown)
-            })?;
-        self.check_acked(acked, d, op, key)
+    /// The error of an applied write whose `WAIT` failed (e.g. refused
+    /// by a node demoted to replica during a failover).
+    pub(crate) fn wait_failed(&self, op: Op, key: &str) -> kvmap_core::Error {
+        own(
+            ErrorKind::Unavailable,
+            op,
+            Some(key),
+            "durable write: applied on the master, the wait for its replicas failed",
+        )
+        .with_retry(RetryClass::OutcomeUnknown)
     }
 }
 
@@ -437,8 +457,8 @@ impl KvStore for RedisStore {
         } else {
             Support::Unsupported
         };
-        // Lock keys live outside the namespace; an empty one has no outside.
-        let lock = if self.inner.cfg.namespace.is_empty() {
+        // Lock keys live outside the key prefix; an empty one has no outside.
+        let lock = if self.inner.cfg.key_prefix.is_empty() {
             Support::Unsupported
         } else {
             Support::Native
@@ -499,7 +519,13 @@ impl KvStore for RedisStore {
     async fn list(&self, ctx: &Context, request: &ListRequest) -> Result<ListPage> {
         request.validate()?;
         refuse_strong(ctx, Op::List, None)?;
-        let scope = self.scope(Op::List, Some(request.range.start()));
+        // A page is many round trips (a `SCAN` walk and a topology read
+        // per master, the reads of the page), each bounded by `op_timeout`
+        // on its own connection; the context's deadline bounds the whole.
+        let scope = Scope {
+            timeout: None,
+            ..self.scope(Op::List, Some(request.range.start()))
+        };
         ctx.run(scope, crate::list::list_page(self.inner.clone(), request))
             .await
     }
@@ -539,4 +565,9 @@ impl KvStore for RedisStore {
         })
         .await
     }
+}
+
+/// The shard channel of the slot whose hash tag is `tag`.
+pub(crate) fn shard_channel(tag: u32, base: &str) -> String {
+    format!("{{{tag}}}{base}")
 }

@@ -1,48 +1,51 @@
 //! Watch: change events published by the write scripts, plus keyspace
-//! notifications for TTL expiry.
+//! notifications for TTL expiry (the subscriptions are in [`crate::feed`]).
 //!
 //! # Design
-//! - Every write script `PUBLISH`es `(kind, key, revision, create
-//!   revision, expiry, previous entry, value)` on the namespace's event
-//!   channel, atomically with the write. In a cluster a `PUBLISH` reaches
-//!   every node over the cluster bus, so one subscription on any node sees
-//!   the writes of all masters.
+//! - Every write script publishes `(kind, key, revision, create revision,
+//!   expiry, previous entry, value)` atomically with the write: in a
+//!   cluster with `SPUBLISH` on the key's own shard channel (delivered by
+//!   the key's master, never over the cluster bus), on a standalone
+//!   server with `PUBLISH`.
 //! - Expiry is not a write: Redis reports it only as a keyspace
 //!   notification (`__keyevent@<db>__:expired`), on the node that owns the
 //!   key. With `expiry_events` on, the watcher subscribes to it on every
 //!   master and makes sure `notify-keyspace-events` has `E` and `x` (set
 //!   with `CONFIG SET` if needed, on masters and replicas; if refused the
-//!   watch fails with a typed error). The expiry's revision is the last
-//!   revision seen for the key plus one.
-//! - In a cluster, `watch` returns after a barrier published by every
-//!   master has come back over the bus (see `barrier`), so no event of a
-//!   write made before the watch can be delivered as if it were new.
+//!   watch fails with a typed error), again after every lost connection
+//!   (a restarted server forgets a `CONFIG SET`). The expiry's revision is
+//!   the last revision seen for the key plus one.
 //! - Events of a key are delivered in revision order: an event whose
-//!   revision is not above the last one seen for its key is dropped.
+//!   revision is not above the last one seen for its key is dropped. A
+//!   deleted or expired key is forgotten; the map is bounded (see
+//!   [`KEY_MEMORY`]): past the bound it is cleared and a `Resync` follows.
 //! - Pub/sub is fire-and-forget, so continuity is lost whenever a
-//!   subscription connection drops, the slot map changes (failover, slot
-//!   move; checked every [`TOPOLOGY_POLL`]) or the consumer falls more than
-//!   `watch_buffer` events behind. Each time, the watcher resubscribes,
-//!   then emits [`WatchEvent::Resync`] with the range's current state read
-//!   after the new subscription is in place: never a silent gap.
+//!   subscription connection drops, the server ends a shard subscription,
+//!   the slot map changes (failover, slot move; checked every
+//!   [`TOPOLOGY_POLL`]), a master's heartbeat does not come back on its
+//!   shard channel within two polls, a message cannot be read, or the
+//!   consumer falls more than `watch_buffer` events behind. Each time, the
+//!   watcher resubscribes, then emits [`WatchEvent::Resync`] with the
+//!   range's current state read after the new subscription is in place:
+//!   never a silent gap.
 //! - No history is kept: `start_revision` is `Unsupported`.
 
-use std::collections::{HashMap, HashSet};
-use std::pin::Pin;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
+use kvmap_core::backend::Scope;
 use kvmap_core::{
-    Capability, Context, Entry, Error, ErrorKind, Key, Op, Result, Revision, Scope, WatchEvent,
+    Capability, Context, Entry, Error, ErrorKind, Key, Op, Result, Revision, WatchEvent,
     WatchRequest, WatchStream,
 };
-use redis::Msg;
 use tokio::sync::mpsc;
 
 use crate::client::{NodeAddr, SlotRange};
 use crate::error::{map, own, BACKEND};
+use crate::feed::{expired_channel, subscribe, Feed, Subs};
 use crate::list::{fetch_in_order, scan_range};
 use crate::scripts::Change;
 use crate::store::{Inner, RedisStore};
@@ -51,14 +54,10 @@ use crate::store::{Inner, RedisStore};
 pub(crate) const TOPOLOGY_POLL: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-type MsgStream = Pin<Box<dyn Stream<Item = Option<Msg>> + Send>>;
-
-/// Live subscriptions: one merged message stream (`None` items mark a
-/// connection that ended) and the slot map they were made for.
-struct Subs {
-    messages: MsgStream,
-    slots: Vec<SlotRange>,
-}
+/// How many keys a watcher remembers the last revision of before it
+/// forgets them all and resyncs (or twice the keys of its last resync,
+/// if more).
+pub(crate) const KEY_MEMORY: usize = 100_000;
 
 pub(crate) async fn watch(
     store: &RedisStore,
@@ -92,7 +91,16 @@ pub(crate) async fn watch(
         ));
     }
     let inner = store.inner.clone();
-    let subs = ctx.run(scope, subscribe(&inner)).await?;
+    // Setting up is many round trips (one `SSUBSCRIBE` per slot of the
+    // range in a cluster), each bounded by `op_timeout` on its own; the
+    // context's deadline bounds the whole.
+    let scope = Scope {
+        timeout: None,
+        ..scope
+    };
+    let subs = ctx
+        .run(scope, subscribe(&inner, &request.target, false))
+        .await?;
     let (tx, rx) = mpsc::channel(inner.cfg.watch_buffer);
     let what = request.target.describe().to_owned();
     tokio::spawn(Watcher::new(inner, request, tx).run(subs));
@@ -120,13 +128,9 @@ pub(crate) async fn watch(
     )))
 }
 
-fn expired_channel(inner: &Inner) -> String {
-    format!("__keyevent@{}__:expired", inner.client.db())
-}
-
 /// Makes sure every node reports expiry (`notify-keyspace-events` with `E`
 /// and `x`), enabling it where needed.
-async fn ensure_expiry_notifications(inner: &Inner, slots: &[SlotRange]) -> Result<()> {
+pub(crate) async fn ensure_expiry_notifications(inner: &Inner, slots: &[SlotRange]) -> Result<()> {
     let mut nodes: Vec<&NodeAddr> = slots
         .iter()
         .flat_map(|r| std::iter::once(&r.master).chain(r.replicas.iter()))
@@ -179,140 +183,35 @@ async fn ensure_expiry_notifications(inner: &Inner, slots: &[SlotRange]) -> Resu
     Ok(())
 }
 
-/// Subscribes: the event channel on one node, the expiry channel on every
-/// master. Returns once every subscription is confirmed.
-async fn subscribe(inner: &Inner) -> Result<Subs> {
-    let slots = inner
-        .client
-        .slots()
-        .await
-        .map_err(|e| map(e, Op::Watch, None))?;
-    let mut masters: Vec<NodeAddr> = slots.iter().map(|r| r.master.clone()).collect();
-    masters.sort();
-    masters.dedup();
-    if masters.is_empty() {
-        return Err(own(
-            ErrorKind::Unavailable,
-            Op::Watch,
-            None,
-            "no master serves any slot",
-        ));
-    }
-    let expiry = inner.cfg.expiry_events;
-    if expiry {
-        let mut verified = inner.notifications_verified.lock().await;
-        if verified.as_deref() != Some(&slots[..]) {
-            ensure_expiry_notifications(inner, &slots).await?;
-            *verified = Some(slots.clone());
-        }
-    }
-    let expired = expired_channel(inner);
-    let mut streams: Vec<MsgStream> = Vec::new();
-    for (i, node) in masters.iter().enumerate() {
-        if i > 0 && !expiry {
-            break;
-        }
-        let mut ps = inner
-            .client
-            .pubsub(node)
-            .await
-            .map_err(|e| map(e, Op::Watch, None))?;
-        let mut channels = Vec::new();
-        if i == 0 {
-            channels.push(inner.channel.clone());
-        }
-        if expiry {
-            channels.push(expired.clone());
-        }
-        ps.subscribe(&channels)
-            .await
-            .map_err(|e| map(e, Op::Watch, None))?;
-        let s = ps
-            .into_on_message()
-            .map(Some)
-            .chain(futures::stream::once(async { None }));
-        streams.push(Box::pin(s));
-    }
-    let mut messages: MsgStream = Box::pin(futures::stream::select_all(streams));
-    if inner.client.is_cluster() {
-        barrier(inner, &masters, &mut messages).await?;
-    }
-    Ok(Subs { messages, slots })
-}
-
-/// In a cluster, events reach the subscribed node over the cluster bus
-/// after the writer got its reply, so events of writes made before the
-/// subscription may still be in flight. Each master publishes a barrier
-/// on the event channel; it travels over the same bus link as that
-/// master's earlier events, so once every barrier has arrived nothing from
-/// before the subscription can follow. Everything received until then is
-/// dropped (those changes were committed before `watch` returned).
-async fn barrier(inner: &Inner, masters: &[NodeAddr], messages: &mut MsgStream) -> Result<()> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let nonce = format!(
-        "B {}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, AtomicOrdering::Relaxed)
-    );
-    for m in masters {
-        let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(&inner.channel)
-            .arg(format!("{nonce} {}:{}", m.host, m.port));
-        let _: i64 = inner
-            .client
-            .query_node(m, cmd)
-            .await
-            .map_err(|e| map(e, Op::Watch, None))?;
-    }
-    let mut pending: HashSet<String> = masters
-        .iter()
-        .map(|m| format!("{nonce} {}:{}", m.host, m.port))
-        .collect();
-    let wait = async {
-        while !pending.is_empty() {
-            match messages.next().await {
-                Some(Some(msg)) => {
-                    if let Ok(text) = std::str::from_utf8(msg.get_payload_bytes()) {
-                        pending.remove(text);
-                    }
-                }
-                _ => {
-                    return Err(own(
-                        ErrorKind::Unavailable,
-                        Op::Watch,
-                        None,
-                        "a subscription ended while waiting for the barrier",
-                    ))
-                }
-            }
-        }
-        Ok(())
-    };
-    match tokio::time::timeout(inner.cfg.op_timeout, wait).await {
-        Ok(r) => r,
-        Err(_) => Err(own(
-            ErrorKind::Timeout,
-            Op::Watch,
-            None,
-            "the subscription barrier did not come back over the cluster bus",
-        )),
-    }
-}
-
 struct Watcher {
     inner: Arc<Inner>,
     request: WatchRequest,
     tx: mpsc::Sender<Result<WatchEvent>>,
-    /// The last revision delivered per key.
+    /// The last revision delivered per key (bounded, see [`KEY_MEMORY`]).
     last: HashMap<Key, Revision>,
+    /// The keys of the last resync.
+    resynced: usize,
     expired: String,
 }
 
 enum Broke {
     Lost(&'static str),
     Overflow,
+    Forgot,
     Closed,
 }
+
+/// What a message is to this watch.
+enum Step {
+    Deliver(WatchEvent),
+    Skip,
+    /// A heartbeat of ours came back.
+    Heartbeat(String),
+    Lost(&'static str),
+}
+
+/// Heartbeat payloads start with this (no change event does).
+const HEARTBEAT: &str = "H ";
 
 impl Watcher {
     fn new(inner: Arc<Inner>, request: WatchRequest, tx: mpsc::Sender<Result<WatchEvent>>) -> Self {
@@ -322,6 +221,7 @@ impl Watcher {
             request,
             tx,
             last: HashMap::new(),
+            resynced: 0,
             expired,
         }
     }
@@ -344,14 +244,16 @@ impl Watcher {
         loop {
             let current = match subs.take() {
                 Some(s) => s,
-                None => match subscribe(&self.inner).await {
+                // After a lost connection the notification settings are
+                // checked again: a restarted server forgets `CONFIG SET`.
+                None => match subscribe(&self.inner, &self.request.target, true).await {
                     Ok(s) => s,
                     Err(e) if Self::permanent(&e) => {
                         let _ = self.tx.send(Err(e)).await;
                         return;
                     }
                     Err(e) => {
-                        tracing::debug!(error = %e, "redis watch: resubscribe failed, retrying");
+                        tracing::debug!(error = %e.report(), "redis watch: resubscribe failed, retrying");
                         if !self.pause(backoff).await {
                             return;
                         }
@@ -369,7 +271,7 @@ impl Watcher {
                         return;
                     }
                     Err(e) => {
-                        tracing::debug!(error = %e, "redis watch: resync failed, retrying");
+                        tracing::debug!(error = %e.report(), "redis watch: resync failed, retrying");
                         if !self.pause(backoff).await {
                             return;
                         }
@@ -386,6 +288,14 @@ impl Watcher {
                     resync = true;
                 }
                 Broke::Overflow => resync = true,
+                Broke::Forgot => {
+                    tracing::debug!(
+                        keys = self.last.len(),
+                        "redis watch: key memory full, resyncing"
+                    );
+                    self.last.clear();
+                    resync = true;
+                }
             }
         }
     }
@@ -407,6 +317,7 @@ impl Watcher {
         let range = self.request.target.as_range();
         let entries = self.snapshot(&range).await?;
         let mut revision = 0;
+        self.resynced = entries.len();
         for e in &entries {
             revision = revision.max(e.revision);
             let last = self.last.entry(e.key.clone()).or_insert(0);
@@ -439,26 +350,42 @@ impl Watcher {
         }
     }
 
+    /// The most keys remembered before they are all forgotten.
+    fn key_memory(&self) -> usize {
+        KEY_MEMORY.max(self.resynced.saturating_mul(2))
+    }
+
     /// Delivers events until continuity is lost or the consumer leaves.
     async fn pump(&mut self, mut subs: Subs) -> Broke {
         let cluster = self.inner.client.is_cluster();
         let mut tick = tokio::time::interval(TOPOLOGY_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        // Heartbeats sent and not yet back: payload -> polls since sent.
+        let mut pending: HashMap<String, u32> = HashMap::new();
         loop {
             tokio::select! {
                 () = self.tx.closed() => return Broke::Closed,
                 m = subs.messages.next() => match m {
-                    Some(Some(msg)) => {
-                        if let Some(ev) = self.event(&msg) {
-                            match self.tx.try_send(Ok(ev)) {
+                    Some(Feed::Message(channel, payload)) => {
+                        match self.event(&channel, &payload) {
+                            Step::Deliver(ev) => match self.tx.try_send(Ok(ev)) {
                                 Ok(()) => {}
                                 Err(mpsc::error::TrySendError::Full(_)) => return Broke::Overflow,
                                 Err(mpsc::error::TrySendError::Closed(_)) => return Broke::Closed,
+                            },
+                            Step::Skip => {}
+                            Step::Heartbeat(h) => {
+                                pending.remove(&h);
                             }
+                            Step::Lost(why) => return Broke::Lost(why),
+                        }
+                        if self.last.len() > self.key_memory() {
+                            return Broke::Forgot;
                         }
                     }
-                    _ => return Broke::Lost("a subscription connection ended"),
+                    Some(Feed::Lost(why)) => return Broke::Lost(why),
+                    None => return Broke::Lost("every subscription ended"),
                 },
                 _ = tick.tick(), if cluster => {
                     match self.inner.client.slots().await {
@@ -466,50 +393,103 @@ impl Watcher {
                         Ok(_) => return Broke::Lost("the slot map changed"),
                         Err(_) => return Broke::Lost("the slot map cannot be read"),
                     }
+                    if let Some(why) = self.heartbeat(&subs.beacons, &mut pending).await {
+                        return Broke::Lost(why);
+                    }
                 }
             }
         }
     }
 
-    /// Turns a message into an event for this watch, if it is one.
-    fn event(&mut self, msg: &Msg) -> Option<WatchEvent> {
-        let ns = self.inner.cfg.namespace.as_bytes();
-        let channel = msg.get_channel_name();
-        if channel == self.inner.channel {
-            let change = Change::parse(msg.get_payload_bytes())?;
-            let key = self.key_of(change.server_key.strip_prefix(ns)?)?;
-            if !self.advance(&key, change.rev) {
-                return None;
+    /// Checks that every heartbeat sent two polls ago came back, then
+    /// publishes one on every master's beacon channel.
+    async fn heartbeat(
+        &self,
+        beacons: &[(NodeAddr, String)],
+        pending: &mut HashMap<String, u32>,
+    ) -> Option<&'static str> {
+        for polls in pending.values_mut() {
+            *polls += 1;
+            if *polls > 2 {
+                return Some("a master's heartbeat did not come back on its shard channel");
             }
-            let prev = if self.request.with_prev_value {
-                change.prev_entry(&key)
-            } else {
-                None
+        }
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        for (_, channel) in beacons {
+            let payload = format!(
+                "{HEARTBEAT}{}-{}",
+                std::process::id(),
+                SEQ.fetch_add(1, AtomicOrdering::Relaxed)
+            );
+            let mut cmd = redis::cmd("SPUBLISH");
+            cmd.arg(channel).arg(&payload);
+            let sent = self.inner.client.query_on_key::<i64>(&cmd, channel).await;
+            if sent.is_err() {
+                return Some("a heartbeat could not be published");
+            }
+            pending.insert(payload, 0);
+        }
+        None
+    }
+
+    /// What a message is to this watch.
+    fn event(&mut self, channel: &[u8], payload: &[u8]) -> Step {
+        if channel == self.expired.as_bytes() {
+            return self.expired_event(payload);
+        }
+        if let Some(h) = payload.strip_prefix(HEARTBEAT.as_bytes()) {
+            return match std::str::from_utf8(h) {
+                Ok(h) => Step::Heartbeat(format!("{HEARTBEAT}{h}")),
+                Err(_) => Step::Skip,
             };
-            Some(if change.put {
-                WatchEvent::Put {
-                    entry: change.entry(&key),
-                    prev,
-                }
-            } else {
-                WatchEvent::Delete {
-                    key,
-                    revision: change.rev,
-                    prev,
-                }
-            })
-        } else if channel == self.expired {
-            let key = self.key_of(msg.get_payload_bytes().strip_prefix(ns)?)?;
-            let revision = self.last.get(&key).map_or(1, |r| r + 1);
-            self.last.insert(key.clone(), revision);
-            Some(WatchEvent::Expired {
-                key,
-                revision,
-                prev: None,
-            })
+        }
+        // Anything else on an event channel must be a change event: one
+        // that cannot be read may hide a change, so it costs a resync.
+        let Some(change) = Change::parse(payload) else {
+            return Step::Lost("a change event could not be read");
+        };
+        let ns = self.inner.cfg.key_prefix.as_bytes();
+        let Some(key) = change
+            .server_key
+            .strip_prefix(ns)
+            .and_then(|raw| self.key_of(raw))
+        else {
+            return Step::Skip;
+        };
+        if !self.advance(&key, change.rev) {
+            return Step::Skip;
+        }
+        let prev = if self.request.with_prev_value {
+            change.prev_entry(&key)
         } else {
             None
-        }
+        };
+        Step::Deliver(if change.put {
+            WatchEvent::Put {
+                entry: change.entry(&key),
+                prev,
+            }
+        } else {
+            self.last.remove(&key);
+            WatchEvent::Delete {
+                key,
+                revision: change.rev,
+                prev,
+            }
+        })
+    }
+
+    fn expired_event(&mut self, payload: &[u8]) -> Step {
+        let ns = self.inner.cfg.key_prefix.as_bytes();
+        let Some(key) = payload.strip_prefix(ns).and_then(|raw| self.key_of(raw)) else {
+            return Step::Skip;
+        };
+        let revision = self.last.remove(&key).map_or(1, |r| r + 1);
+        Step::Deliver(WatchEvent::Expired {
+            key,
+            revision,
+            prev: None,
+        })
     }
 
     fn key_of(&self, raw: &[u8]) -> Option<Key> {

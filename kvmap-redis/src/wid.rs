@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use kvmap_core::{Op, Result};
 
-use crate::lock::slot_tag;
+use crate::slots::slot_tag;
 
 /// The prefix of write record keys (after the hash tag).
 pub(crate) const RECORD_PREFIX: &str = "__kvmap_w:";
@@ -43,16 +43,16 @@ impl WriteId {
     }
 
     /// The key of this write's record for a write of data key
-    /// `server_key`: in its slot and outside the namespace; `None` with an
-    /// empty namespace (no outside to put it in).
+    /// `server_key`: in its slot and outside the key prefix; `None` with an
+    /// empty key prefix (no outside to put it in).
     pub(crate) fn record_key(
         &self,
-        namespace: &str,
+        key_prefix: &str,
         server_key: &str,
         op: Op,
         key: &str,
     ) -> Result<Option<String>> {
-        if namespace.is_empty() {
+        if key_prefix.is_empty() {
             return Ok(None);
         }
         let tag = slot_tag(server_key, op, key)?;
@@ -81,8 +81,8 @@ mod tests {
             .unwrap();
         assert!(r.starts_with('{') && r.ends_with(&format!("__kvmap_w:{}", w.as_str())));
         assert_eq!(
-            crate::batch::key_slot(r.as_bytes()),
-            crate::batch::key_slot(b"ns:a/b")
+            crate::slots::key_slot(r.as_bytes()),
+            crate::slots::key_slot(b"ns:a/b")
         );
         assert_eq!(w.record_key("", "a/b", Op::Delete, "a/b").unwrap(), None);
     }

@@ -319,10 +319,16 @@ async fn run(name: &str, config: RedisConfig, ports: Vec<u16>) -> anyhow::Result
     }
     let progress = {
         let counts = counts.clone();
+        let store = store.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(3)).await;
-                eprintln!("  progress {:.0?}: {}", t0.elapsed(), counts.line());
+                eprintln!(
+                    "  progress {:.0?}: {} (connection rebuilds {})",
+                    t0.elapsed(),
+                    counts.line(),
+                    store.connection_rebuilds()
+                );
             }
         })
     };
@@ -467,7 +473,7 @@ fn main() -> std::process::ExitCode {
         ),
     ], &[(
         "exactly_once_cluster_under_client_kill",
-        "the cluster store can stop answering for good under repeated CLIENT KILL (also before write ids; open in issue 10); run with --ignored",
+        "the cluster store stopped answering for good in some runs under repeated CLIENT KILL (the redis crate's cluster connection; kvmap now replaces a connection that stops answering, not yet seen to trigger); run with --ignored",
     )]);
     drop(rt);
     infra.block_on(async move { drop(servers) });

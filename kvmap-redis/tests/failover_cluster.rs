@@ -14,7 +14,7 @@ use anyhow::{anyhow, ensure, Context as _};
 use futures::StreamExt;
 use integration_tests::RedisCluster;
 use kvmap_core::{
-    Consistency, Context, ErrorKind, Key, KvStore, KvStoreExt, WatchEvent, WatchRequest,
+    Consistency, Context, ErrorKind, Key, KvStore, KvStoreExt, RetryClass, WatchEvent, WatchRequest,
 };
 use kvmap_redis::{RedisConfig, RedisStore};
 
@@ -336,6 +336,71 @@ async fn foreign_keys(cluster: &RedisCluster) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Durable batches: every pipeline ends with its own `WAIT`. With the
+/// replica of one master paused, that master's writes come back as
+/// outcome-unknown timeouts (applied, not proven replicated) and every
+/// other write succeeds.
+async fn durable_batch(cluster: &RedisCluster) -> anyhow::Result<()> {
+    let cfg = config(cluster).with_durable_writes(1, Duration::from_millis(300));
+    let store = RedisStore::connect(cfg).await?;
+    let ctx = Context::new();
+    let keys: Vec<Key> = (0..120)
+        .map(|i| Key::new(format!("db/{i:03}")))
+        .collect::<Result<_, _>>()?;
+    let batch = |v: &str| {
+        keys.iter().fold(kvmap_core::Batch::new(), |b, k| {
+            b.put(k.clone(), v.to_owned())
+        })
+    };
+    let out = store.apply(&ctx, batch("1")).await?;
+    ensure!(
+        out.iter().all(Result::is_ok),
+        "healthy cluster: {:?}",
+        out.iter().find(|r| r.is_err())
+    );
+    let target = cluster.master_for_key(b"kvmap:db/000").await?;
+    let replica = cluster
+        .nodes()
+        .await?
+        .into_iter()
+        .find(|n| n.master_id.as_deref() == Some(target.id.as_str()))
+        .ok_or_else(|| anyhow!("no replica of the target master"))?;
+    let node = cluster.node(replica.index.ok_or_else(|| anyhow!("replica index"))?);
+    node.pause().await?;
+    let r = store.apply(&ctx, batch("2")).await;
+    node.unpause().await?;
+    let out = r?;
+    let mut on_target = 0;
+    for (k, r) in keys.iter().zip(&out) {
+        let here = target.owns_slot(integration_tests::key_slot(format!("kvmap:{k}").as_bytes()));
+        match r {
+            Err(e) if here => {
+                ensure!(
+                    e.kind() == ErrorKind::Timeout && e.retry_class() == RetryClass::OutcomeUnknown,
+                    "{k} on the master with the paused replica: {e} ({:?})",
+                    e.retry_class()
+                );
+                on_target += 1;
+            }
+            Ok(_) if !here => {}
+            other => {
+                return Err(anyhow!(
+                    "{k} (on the paused replica's master: {here}): {other:?}"
+                ))
+            }
+        }
+    }
+    eprintln!(
+        "[durable batch] 120 puts, replica of one master paused: {on_target} outcome-unknown timeouts on that master, {} acknowledged elsewhere",
+        120 - on_target
+    );
+    ensure!(
+        on_target > 0,
+        "no key landed on the master with the paused replica"
+    );
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let infra = Arc::new(common::runtime());
     if let Some(code) = common::skip_without_docker(&infra) {
@@ -346,11 +411,15 @@ fn main() -> std::process::ExitCode {
             .block_on(RedisCluster::start())
             .expect("start redis cluster"),
     );
-    let (c4, c5) = (cluster.clone(), cluster.clone());
+    let (c4, c5, c6) = (cluster.clone(), cluster.clone(), cluster.clone());
     let trials = vec![
         (
             "cluster_stale_read_from_replica_is_bounded",
             common::trial(&infra, move || async move { stale_reads(&c4).await }),
+        ),
+        (
+            "cluster_durable_batch_waits_per_pipeline",
+            common::trial(&infra, move || async move { durable_batch(&c6).await }),
         ),
         (
             "cluster_foreign_key_is_invalid_data_per_key",

@@ -480,7 +480,7 @@ fn plan(inner: &Inner, ops: &[BatchOp], current: &HashMap<Key, Current>) -> Resu
                             .with_detail("the key is written earlier in the same batch; its new revision is not known yet"));
                     }
                     (mode, _) => {
-                        PutOptions { mode, ttl: None }
+                        PutOptions::with(mode, None)
                             .check_condition(visible)
                             .map_err(|e| e.with_key(key.as_str()))?;
                         let index = match state {

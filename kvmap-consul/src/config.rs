@@ -230,7 +230,7 @@ impl ConsulConfig {
                     self.key_prefix
                 ));
             }
-            kvmap_core::check_prefix(&self.key_prefix)?;
+            kvmap_core::backend::check_prefix(&self.key_prefix)?;
         }
         if let Some(t) = &self.token {
             if t.is_empty() || t.chars().any(|c| c.is_control()) {

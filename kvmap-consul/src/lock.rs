@@ -311,7 +311,7 @@ impl ConsulLocks {
                 };
                 if drop_it {
                     if let Err(e) = destroy(&inner, &session, None).await {
-                        tracing::debug!(error = %e, "destroying an idle lock session failed; it expires by its ttl");
+                        tracing::debug!(error = %e.report(), "destroying an idle lock session failed; it expires by its ttl");
                     }
                     return;
                 }
@@ -507,7 +507,7 @@ async fn destroy(inner: &Inner, session: &str, key: Option<&Key>) -> Result<()> 
                 if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout)
                     && start.elapsed() + nap < RELEASE_RETRY =>
             {
-                tracing::debug!(error = %e, "destroying a lock session failed; retrying");
+                tracing::debug!(error = %e.report(), "destroying a lock session failed; retrying");
                 tokio::time::sleep(nap).await;
                 nap = (nap * 2).min(Duration::from_secs(1));
             }

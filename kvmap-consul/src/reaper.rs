@@ -75,7 +75,7 @@ pub(crate) fn spawn(inner: Weak<Inner>, interval: Duration) {
             };
             if tick.is_multiple_of(SWEEP_EVERY) {
                 if let Err(e) = strong.sweep().await {
-                    tracing::debug!(target: "kvmap_consul", error = %e, "reaper scan failed");
+                    tracing::debug!(target: "kvmap_consul", error = %e.report(), "reaper scan failed");
                 }
             }
             strong.reap_due().await;
@@ -118,7 +118,7 @@ impl Inner {
                 // Rewritten or already gone: nothing to do.
                 Ok(TxnOutcome::Failed(_)) => {}
                 Err(e) => {
-                    tracing::debug!(target: "kvmap_consul", error = %e, key = %key, "reaper delete failed; retried by the next scan");
+                    tracing::debug!(target: "kvmap_consul", error = %e.report(), key = %key, "reaper delete failed; retried by the next scan");
                 }
             }
         }

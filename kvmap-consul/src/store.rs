@@ -5,10 +5,11 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use kvmap_core::backend::Scope;
 use kvmap_core::{
     Batch, BatchOp, BatchOutcome, Capabilities, Context, DeleteOptions, Entry, ErrorKind, Key,
     KvStore, Limits, ListPage, ListRequest, LockGuard, LockOptions, Op, PutMode, PutOptions,
-    Result, Revision, Scope, Support, WatchRequest, WatchStream,
+    Result, Revision, Support, WatchRequest, WatchStream,
 };
 use reqwest::Method;
 

@@ -7,7 +7,9 @@
 //! coalesced: the watcher sees the latest revision of each key, in
 //! revision order, never an older one after a newer. Writes made through
 //! this process's stores reach its watchers at once, each of them, from
-//! an in-process feed. A watcher that falls behind its buffer, misses part
+//! an in-process feed; one that a read overtook (the read already showed
+//! a newer revision or the key's delete) is covered by a `Resync`, never
+//! silently skipped. A watcher that falls behind its buffer, misses part
 //! of the in-process feed, or sees the index go backwards (a restored
 //! snapshot) gets a `Resync` with the full current state.
 //!
@@ -80,7 +82,7 @@ pub(crate) async fn start(
         WatchTarget::Key(k) => Span::Exact(inner.consul_key(k.as_str())),
         WatchTarget::Prefix(p) => Span::Prefix(inner.consul_key(p)),
     };
-    let scope = kvmap_core::Scope::new(crate::error::BACKEND, Op::Watch)
+    let scope = kvmap_core::backend::Scope::new(crate::error::BACKEND, Op::Watch)
         .key(req.target.describe())
         .timeout(Some(inner.cfg.request_timeout.saturating_mul(2)));
     let first = ctx
@@ -163,6 +165,26 @@ impl Watcher {
         self.emit(WatchEvent::Put { entry, prev });
     }
 
+    /// One of this process's own writes, from the in-process feed. If a
+    /// read already went past it (a newer revision or a delete of the key
+    /// arrived first), its event can no longer be sent in order: that gap
+    /// is made visible with a resync instead of being silent.
+    fn apply_own_put(&mut self, entry: Entry) {
+        let superseded = self
+            .tombstones
+            .get(&entry.key)
+            .is_some_and(|r| *r >= entry.revision)
+            || self
+                .state
+                .get(&entry.key)
+                .is_some_and(|p| p.revision > entry.revision);
+        if superseded {
+            self.need_resync = true;
+            return;
+        }
+        self.apply_put(entry);
+    }
+
     fn apply_gone(&mut self, key: Key, revision: Revision, now: SystemTime) {
         let Some(prev) = self.state.remove(&key) else {
             return;
@@ -201,11 +223,14 @@ impl Watcher {
         }
         self.index = index.max(1);
         let now = SystemTime::now();
+        // A key absent from the read is gone only if the read is not
+        // older than what the watcher knows of it: an own write published
+        // in-process after this read was taken is newer than the read.
         let gone: Vec<Key> = self
             .state
-            .keys()
-            .filter(|k| !fresh.contains_key(*k))
-            .cloned()
+            .iter()
+            .filter(|(k, e)| !fresh.contains_key(*k) && e.revision <= index)
+            .map(|(k, _)| k.clone())
             .collect();
         for k in gone {
             self.apply_gone(k, index, now);
@@ -275,7 +300,7 @@ impl Watcher {
                 own = own_rx.recv() => match own {
                     Ok(entry) => {
                         if self.target.matches(entry.key.as_str()) {
-                            self.apply_put(entry);
+                            self.apply_own_put(entry);
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => self.need_resync = true,
@@ -293,7 +318,7 @@ impl Watcher {
                             Duration::ZERO
                         }
                         Err(e) if e.is_transient() || e.kind() == ErrorKind::DeadlineExceeded => {
-                            tracing::debug!(target: "kvmap_consul", error = %e, "watch query failed; retrying");
+                            tracing::debug!(target: "kvmap_consul", error = %e.report(), "watch query failed; retrying");
                             let d = backoff;
                             backoff = (backoff * 2).min(Duration::from_secs(5));
                             d

@@ -96,6 +96,8 @@ fn run_suite(infra: &tokio::runtime::Runtime) -> ExitCode {
         .with_runtime(runtime())
         .with_options(SuiteOptions {
             watch_buffer: Some(WATCH_BUFFER),
+            // Documented: Redis drops the value before it notifies.
+            expired_prev: false,
             ..SuiteOptions::default()
         })
         .run(move || {
@@ -180,7 +182,7 @@ async fn redis_store(url: &str) -> kvmap_core::Result<RedisStore> {
             .with_op_timeout(OP_TIMEOUT)
             .with_connect_timeout(OP_TIMEOUT)
             .with_watch_events(false)
-            .with_namespace("docker-chain:"),
+            .with_key_prefix("docker-chain:"),
     )
     .await
 }

@@ -33,7 +33,7 @@ async fn redis(url: &str) -> kvmap_core::Result<RedisStore> {
             .with_op_timeout(OP_TIMEOUT)
             .with_connect_timeout(OP_TIMEOUT)
             .with_watch_events(false)
-            .with_namespace("fallback-test:"),
+            .with_key_prefix("fallback-test:"),
     )
     .await
 }

@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use kvmap_core::backend::Scope;
 use kvmap_core::{
     Batch, BatchOutcome, Capabilities, Context, DeleteOptions, Entry, Error, ErrorKind, Key,
     KvStore, ListPage, ListRequest, LockGuard, LockOptions, Op, PutOptions, Result, Revision,
-    Scope, WatchRequest, WatchStream,
+    WatchRequest, WatchStream,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;

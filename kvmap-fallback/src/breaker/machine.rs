@@ -268,7 +268,12 @@ impl CircuitBreaker {
     fn trip(&mut self, now: Instant) -> Transition {
         self.trips = self.trips.saturating_add(1);
         let cool_down = self.cool_down(self.trips);
-        self.open_until = now + cool_down;
+        // A cool-down too long for the clock (a configured `Duration::MAX`)
+        // keeps the breaker open for a century instead of overflowing.
+        self.open_until = now
+            .checked_add(cool_down)
+            .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+            .unwrap_or(now);
         self.enter(BreakerState::Open)
     }
 
@@ -278,13 +283,15 @@ impl CircuitBreaker {
     /// breakers of many clients do not probe in lockstep. Never above the
     /// cap, never below `(1 - jitter)` of the un-jittered value.
     fn cool_down(&mut self, trips: u32) -> Duration {
+        let u = self.next_unit();
         let c = &self.config;
         let exp = i32::try_from(trips.saturating_sub(1)).unwrap_or(i32::MAX);
         let grown = c.cool_down.as_secs_f64() * c.backoff_factor.max(1.0).powi(exp);
         let capped = grown.min(c.max_cool_down.max(c.cool_down).as_secs_f64());
         let jitter = c.jitter.clamp(0.0, 1.0);
-        let u = self.next_unit();
-        Duration::from_secs_f64((capped * (1.0 - jitter * u)).max(0.0))
+        // `try_from`: a cap near `Duration::MAX` does not fit back exactly.
+        Duration::try_from_secs_f64((capped * (1.0 - jitter * u)).max(0.0))
+            .unwrap_or(c.max_cool_down.max(c.cool_down))
     }
 
     /// A uniform number in [0, 1) from a xorshift64 generator.
@@ -351,6 +358,22 @@ mod tests {
             Admission::Rejected { retry_in } => assert_eq!(retry_in, Duration::from_secs(10)),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_huge_cool_down_neither_panics_nor_closes() {
+        let t0 = Instant::now();
+        let cfg = config()
+            .with_cool_down(Duration::MAX)
+            .with_max_cool_down(Duration::MAX)
+            .with_backoff_factor(f64::MAX);
+        let mut b = CircuitBreaker::new(cfg, t0);
+        for _ in 0..5 {
+            fail(&mut b, t0);
+        }
+        let later = t0 + Duration::from_secs(365 * 24 * 3600);
+        assert_eq!(b.state(later), BreakerState::Open);
+        assert!(matches!(b.admit(later).0, Admission::Rejected { .. }));
     }
 
     #[test]

@@ -3,13 +3,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvmap_core::{check_prefix, Error, ErrorKind, Op, Result};
+use kvmap_core::backend::check_prefix;
+use kvmap_core::{Error, ErrorKind, Op, Result};
 
 use super::NEAR_CACHE_NAME;
 
 /// How a [`NearCache`](super::NearCache) is bounded and how long it vouches
 /// for what it holds.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct NearCacheConfig {
     /// The cached scope: keys starting with this prefix are cached and
     /// watched (empty: the whole store). Other keys pass through.

@@ -15,10 +15,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use kvmap_core::backend::Scope;
 use kvmap_core::{
     Batch, BatchOp, BatchOutcome, CancellationToken, Capabilities, Consistency, Context,
     DeleteOptions, Entry, Error, ErrorKind, Key, KvStore, ListPage, ListRequest, Op, PutOptions,
-    Result, Revision, Scope, WatchRequest, WatchStream,
+    Result, Revision, WatchRequest, WatchStream,
 };
 
 use crate::breaker::BreakerState;
@@ -272,7 +273,7 @@ impl NearCache {
         match s.lookup(key).await {
             Some(c) if c.entry.is_some() => {
                 Counters::add(&s.stats.stale_serves);
-                tracing::debug!(cache = %s.config.label, key = key.as_str(), ?staleness, error = %err, "store unavailable; served from the near cache, marked stale");
+                tracing::debug!(cache = %s.config.label, key = key.as_str(), ?staleness, error = %err.report(), "store unavailable; served from the near cache, marked stale");
                 Ok(self.hit(&c, Some(staleness)))
             }
             _ => Err(err),

@@ -141,6 +141,7 @@ pub struct LagSummary {
 
 /// What a near cache has done, for dashboards and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NearCacheStats {
     /// Reads answered from the cache (fresh).
     pub hits: u64,

@@ -34,7 +34,7 @@ pub(crate) async fn run_watch(shared: Arc<Shared>, cancel: CancellationToken) {
                 shared.mark_broken();
                 failures += 1;
                 if failures == 1 {
-                    tracing::warn!(cache = %shared.config.label, error = %e, "near cache cannot open its watch; not serving until it can");
+                    tracing::warn!(cache = %shared.config.label, error = %e.report(), "near cache cannot open its watch; not serving until it can");
                 }
                 tokio::select! {
                     () = cancel.cancelled() => return,
@@ -64,7 +64,7 @@ pub(crate) async fn run_watch(shared: Arc<Shared>, cancel: CancellationToken) {
                         if cancel.is_cancelled() {
                             return;
                         }
-                        tracing::warn!(cache = %shared.config.label, error = %e, "near cache watch failed; not serving until it is registered again");
+                        tracing::warn!(cache = %shared.config.label, error = %e.report(), "near cache watch failed; not serving until it is registered again");
                         break;
                     }
                     None => {

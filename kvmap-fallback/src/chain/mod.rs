@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use kvmap_core::backend::Scope;
 use kvmap_core::{
     Batch, BatchOutcome, Capabilities, Consistency, Context, DeleteOptions, Entry, Error,
     ErrorKind, Key, KvStore, Limits, ListPage, ListRequest, LockGuard, LockOptions, Op, PutOptions,
-    Result, Revision, Scope, Support, WatchRequest, WatchStream,
+    Result, Revision, Support, WatchRequest, WatchStream,
 };
 use tokio::sync::{broadcast, watch as tokio_watch};
 use tokio::time::Instant;
@@ -44,6 +45,7 @@ pub(crate) struct Backend {
 
 /// What one backend of a chain has done, for dashboards.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct BackendStats {
     /// The backend's label.
     pub label: Arc<str>,
@@ -488,7 +490,7 @@ impl Inner {
                     return Ok((i, v));
                 }
                 Err(e) if falls_through(&e) => {
-                    tracing::debug!(backend = %b.label, op = op.as_str(), error = %e, "read falls through to the next backend");
+                    tracing::debug!(backend = %b.label, op = op.as_str(), error = %e.report(), "read falls through to the next backend");
                     last_err = Some(e);
                 }
                 Err(e) => {

@@ -76,7 +76,7 @@ pub(crate) async fn auto(inner: Weak<Inner>, interval: Duration) {
             inner.outbox.as_ref().is_some_and(|o| o.depth() > 0) || !inner.is_primary_active();
         if waiting && inner.backends[0].breaker.would_admit() {
             if let Err(e) = replay(&inner).await {
-                tracing::warn!(error = %e, "outbox replay failed");
+                tracing::warn!(error = %e.report(), "outbox replay failed");
             }
         }
     }
@@ -237,7 +237,7 @@ async fn replay_one(
                 _ => PutMode::Create,
             };
             let r = primary
-                .put(ctx, &record.key, value.clone(), PutOptions { mode, ttl })
+                .put(ctx, &record.key, value.clone(), PutOptions::with(mode, ttl))
                 .await;
             match r {
                 Ok(rev) => Ok(Step::Applied(Known::Revision(rev))),

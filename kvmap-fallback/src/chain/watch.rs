@@ -217,16 +217,7 @@ impl State {
             };
             let range = self.request.target.as_range();
             let entries = match b
-                .list_all(
-                    &self.ctx,
-                    kvmap_core::ListRequest {
-                        range,
-                        limit: None,
-                        cursor: None,
-                        keys_only: false,
-                    },
-                    usize::MAX,
-                )
+                .list_all(&self.ctx, kvmap_core::ListRequest::over(range), usize::MAX)
                 .await
             {
                 Ok(entries) => entries,

@@ -57,6 +57,8 @@ impl Inner {
             self.scope(op, key)
                 .error(kvmap_core::ErrorKind::Unavailable)
                 .with_detail("no fallback backend")
+                // Nothing was sent to any backend.
+                .with_retry(kvmap_core::RetryClass::Safe)
         }))
     }
 
@@ -133,10 +135,7 @@ impl Inner {
                         let copy = Batch::new().put_with(
                             key.clone(),
                             value,
-                            PutOptions {
-                                ttl: options.ttl,
-                                ..PutOptions::default()
-                            },
+                            PutOptions::with(kvmap_core::PutMode::Overwrite, options.ttl),
                         );
                         self.mirror(ctx, copy).await;
                     }
@@ -154,7 +153,7 @@ impl Inner {
             }
         }
         if let Some(e) = &primary_err {
-            tracing::debug!(error = %e, "primary write failed, falling back");
+            tracing::debug!(error = %e.report(), "primary write failed, falling back");
         }
         let call = |b: Arc<Breaker>| {
             let value = value.clone();
@@ -268,10 +267,7 @@ impl Inner {
                                 copy = copy.put_with(
                                     key.clone(),
                                     value.clone(),
-                                    PutOptions {
-                                        ttl: options.ttl,
-                                        ..PutOptions::default()
-                                    },
+                                    PutOptions::with(kvmap_core::PutMode::Overwrite, options.ttl),
                                 );
                             }
                             (BatchOp::Delete { key, .. }, Ok(BatchOutcome::Deleted(_))) => {

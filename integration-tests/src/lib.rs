@@ -26,6 +26,7 @@
 pub mod consul;
 pub mod docker;
 pub mod fault;
+pub mod history;
 pub mod redis_cluster;
 pub mod redis_single;
 pub mod tls;

@@ -1,7 +1,7 @@
 //! # kvmap
 //!
 //! One async key-value map contract, [`KvStore`], with embedded RocksDB
-//! (the default), Redis Cluster / standalone and (planned) Consul KV behind
+//! (the default), Redis Cluster / standalone and Consul KV behind
 //! it. This facade re-exports the contract from [`kvmap_core`], the
 //! backends selected by cargo features, and [`open`], which makes a store
 //! from a URL.
@@ -12,7 +12,7 @@
 //! | `redis`   | no      | `RedisStore`, `redis://`, `redis+cluster://` URLs |
 //! | `consul`  | no      | `ConsulStore`, `consul://`, `consul+https://` URLs |
 //! | `fallback`| no      | [`FallbackChain`], [`Breaker`], the outbox ([`fallback`]) |
-//! | `cli`     | yes     | the `kvmap` command-line tool (with `redis`, `fallback`) |
+//! | `cli`     | no      | the `kvmap` binary (`cargo install --path kvmap --features cli`; turns on every backend and `fallback`) |
 //!
 //! ```no_run
 //! # async fn demo() -> kvmap::Result<()> {

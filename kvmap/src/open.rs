@@ -8,10 +8,13 @@ use kvmap_core::{Error, ErrorKind, KvStore, MemoryStore, Op, Result, SharedStore
 pub const URL_FORMS: &str = "\
 memory:                                   in-process, lost at exit
 rocksdb:PATH | rocksdb:///ABS/PATH        embedded RocksDB (feature `rocksdb`)
-  rocksdb query: create=false (fail if the database is missing) sync=true|false (fsync each write)
+  rocksdb query: create=false (fail if the database is missing) sync=true|false (fsync each write; default true)
 redis://[USER:PASS@]HOST:PORT[/DB]        Redis standalone (feature `redis`)
 rediss://...                              Redis standalone over TLS
-redis+cluster://HOST:PORT[,HOST:PORT...]  Redis Cluster seeds
+redis+cluster://HOST:PORT[,HOST:PORT...]  Redis Cluster seeds (rediss+cluster:// over TLS)
+  redis query: prefix=KEYPREFIX (kvmap:) op_timeout_ms=N (5000) connect_timeout_ms=N (5000)
+               ca_file=PEM wait_replicas=N wait_timeout_ms=N (1000: durable writes via WAIT)
+               watch_events=true|false expiry_events=true|false
 consul://HOST:PORT[,HOST:PORT...]         Consul KV over http (feature `consul`)
 consul+https://HOST:PORT[,...]            Consul KV over https
   consul query: token=T dc=DC prefix=KEYPREFIX/ ca_file=PEM
@@ -51,7 +54,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn KvStore>> {
     })?;
     let scheme = scheme.to_ascii_lowercase();
     let scheme = scheme.as_str();
-    if !params.is_empty() && !scheme.starts_with("consul") && scheme != "rocksdb" {
+    if !params.is_empty() && !known_scheme(scheme) {
         let names: Vec<&str> = params.iter().map(|(k, _)| k.as_str()).collect();
         return Err(invalid(
             url,
@@ -63,7 +66,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn KvStore>> {
         "consul" | "consul+http" | "consul+https" => open_consul(url, scheme, rest, params).await?,
         "rocksdb" => open_rocksdb(url, rest, params).await?,
         "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
-            open_redis(url, scheme, rest).await?
+            open_redis(url, scheme, rest, params).await?
         }
         other => {
             return Err(invalid(
@@ -145,6 +148,21 @@ async fn with_cache(
         url,
         "this build of kvmap has no `fallback` feature (cache=near)",
     ))
+}
+
+/// Whether `scheme` names a backend that takes its own query parameters.
+fn known_scheme(scheme: &str) -> bool {
+    matches!(
+        scheme,
+        "rocksdb"
+            | "consul"
+            | "consul+http"
+            | "consul+https"
+            | "redis"
+            | "rediss"
+            | "redis+cluster"
+            | "rediss+cluster"
+    )
 }
 
 fn invalid(url: &str, why: &str) -> Error {
@@ -281,12 +299,18 @@ async fn open_rocksdb(url: &str, _rest: &str, _params: Params) -> Result<Arc<dyn
 }
 
 #[cfg(feature = "redis")]
-async fn open_redis(url: &str, scheme: &str, rest: &str) -> Result<Arc<dyn KvStore>> {
+async fn open_redis(
+    url: &str,
+    scheme: &str,
+    rest: &str,
+    params: Params,
+) -> Result<Arc<dyn KvStore>> {
     use kvmap_redis::{RedisConfig, RedisStore};
+    use std::time::Duration;
     let hosts = rest
         .strip_prefix("//")
         .ok_or_else(|| invalid(url, "expected scheme://host"))?;
-    let config = match scheme.strip_suffix("+cluster") {
+    let mut config = match scheme.strip_suffix("+cluster") {
         Some(base) => {
             // Credentials, if any, are on the first seed; they apply to all.
             let (auth, seeds) = match hosts.rsplit_once('@') {
@@ -308,11 +332,63 @@ async fn open_redis(url: &str, scheme: &str, rest: &str) -> Result<Arc<dyn KvSto
         }
         None => RedisConfig::standalone(format!("{scheme}:{rest}")),
     };
+    let mut wait_replicas = None;
+    let mut wait_timeout = Duration::from_millis(1000);
+    for (k, v) in &params {
+        let millis = || {
+            v.parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|_| invalid(url, &format!("{k}={v:?} is not a number of milliseconds")))
+        };
+        let flag = || match v.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            _ => Err(invalid(
+                url,
+                &format!("query parameter {k:?} takes true or false"),
+            )),
+        };
+        config = match k.as_str() {
+            "prefix" => config.with_key_prefix(v.clone()),
+            "op_timeout_ms" => config.with_op_timeout(millis()?),
+            "connect_timeout_ms" => config.with_connect_timeout(millis()?),
+            "ca_file" => config.with_tls_ca_file(v.clone()),
+            "watch_events" => config.with_watch_events(flag()?),
+            "expiry_events" => config.with_expiry_events(flag()?),
+            "wait_replicas" => {
+                wait_replicas = Some(v.parse::<u32>().map_err(|_| {
+                    invalid(url, &format!("wait_replicas={v:?} is not a replica count"))
+                })?);
+                config
+            }
+            "wait_timeout_ms" => {
+                wait_timeout = millis()?;
+                config
+            }
+            other => {
+                return Err(invalid(
+                    url,
+                    &format!("unknown query parameter {other:?} (redis knows prefix, op_timeout_ms, connect_timeout_ms, ca_file, wait_replicas, wait_timeout_ms, watch_events, expiry_events, namespace)"),
+                ))
+            }
+        };
+    }
+    if let Some(replicas) = wait_replicas {
+        config = config.with_durable_writes(replicas, wait_timeout);
+    } else if params.iter().any(|(k, _)| k == "wait_timeout_ms") {
+        return Err(invalid(url, "wait_timeout_ms needs wait_replicas"));
+    }
+    // `connect` validates the config before it dials.
     Ok(Arc::new(RedisStore::connect(config).await?))
 }
 
 #[cfg(not(feature = "redis"))]
-async fn open_redis(url: &str, _scheme: &str, _rest: &str) -> Result<Arc<dyn KvStore>> {
+async fn open_redis(
+    url: &str,
+    _scheme: &str,
+    _rest: &str,
+    _params: Params,
+) -> Result<Arc<dyn KvStore>> {
     Err(invalid(url, "this build of kvmap has no `redis` feature"))
 }
 
@@ -351,6 +427,34 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn redis_query_options_are_checked_before_dialing() {
+        // Port 1 is never a Redis server: a URL that got past its options
+        // fails with Unavailable, a bad option with InvalidArgument.
+        for bad in [
+            "redis://127.0.0.1:1?op_timeout_ms=soon",
+            "redis://127.0.0.1:1?op_timeout_ms=0",
+            "redis://127.0.0.1:1?wait_replicas=-1",
+            "redis://127.0.0.1:1?wait_timeout_ms=10",
+            "redis://127.0.0.1:1?watch_events=maybe",
+            "redis://127.0.0.1:1?prefix=a*b",
+            "redis://u:s3cr%40t@127.0.0.1:1?password=hunter22",
+            "redis+cluster://u:s3cr%40t@127.0.0.1:1,127.0.0.1:2?bogus=1",
+        ] {
+            let e = open(bad).await.map(|_| ()).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}: {e}");
+            let shown = format!("{e} {e:?}");
+            for secret in ["s3cr", "hunter22"] {
+                assert!(!shown.contains(secret), "{bad}: {shown}");
+            }
+        }
+        let good = "REDIS://127.0.0.1:1?prefix=app:&op_timeout_ms=200&connect_timeout_ms=200\
+                    &wait_replicas=1&wait_timeout_ms=50&watch_events=false&expiry_events=no";
+        let e = open(good).await.map(|_| ()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
     }
 
     #[test]

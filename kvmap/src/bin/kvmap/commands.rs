@@ -146,7 +146,8 @@ pub(crate) async fn run(
             Ok(Outcome::Done)
         }
         Command::Delete { key, if_revision } => {
-            let options = DeleteOptions { if_revision };
+            let mut options = DeleteOptions::default();
+            options.if_revision = if_revision;
             if store.delete(&ctx(), &Key::new(key)?, options).await? {
                 if json {
                     println!("{}", serde_json::json!({ "deleted": true }));

@@ -70,7 +70,7 @@ pub(crate) fn code_for(e: &kvmap::Error) -> u8 {
 /// Prints the error (and whether a write may have happened) on stderr and
 /// returns its exit status.
 pub(crate) fn report(e: &kvmap::Error) -> ExitCode {
-    eprintln!("error: {e}");
+    eprintln!("error: {}", e.report());
     if let Some(note) = note_for(e) {
         eprintln!("{note}");
     }
@@ -114,7 +114,13 @@ mod tests {
         assert!(note_for(&put).is_some_and(|n| n.contains("the write may have happened")));
         let get = kvmap::Error::new(ErrorKind::Timeout).with_op(kvmap::Op::Get);
         assert_eq!(note_for(&get), None);
-        let refused = kvmap::Error::new(ErrorKind::Unavailable).with_op(kvmap::Op::Put);
+        // A write a backend knows never ran is marked Safe: no note.
+        let refused = kvmap::Error::new(ErrorKind::Unavailable)
+            .with_op(kvmap::Op::Put)
+            .with_retry(RetryClass::Safe);
         assert_eq!(note_for(&refused), None);
+        // Unmarked, an unavailable write may have happened.
+        let unmarked = kvmap::Error::new(ErrorKind::Unavailable).with_op(kvmap::Op::Put);
+        assert!(note_for(&unmarked).is_some());
     }
 }

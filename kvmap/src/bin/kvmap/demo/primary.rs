@@ -200,7 +200,7 @@ pub(crate) async fn connect(url: &str, namespace: &str) -> Result<RedisStore> {
             .with_connect_timeout(OP_TIMEOUT)
             // The near cache over the chain keeps itself fresh by a watch.
             .with_watch_events(true)
-            .with_namespace(namespace),
+            .with_key_prefix(namespace),
     )
     .await
 }

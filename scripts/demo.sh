@@ -29,4 +29,4 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 # shellcheck source=scripts/rocksdb-env.sh
 source scripts/rocksdb-env.sh
-cargo run -q -p kvmap -- demo "$@"
+cargo run -q -p kvmap --features cli -- demo "$@"

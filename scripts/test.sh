@@ -12,5 +12,7 @@ bash scripts/setup.sh
 # shellcheck source=scripts/rocksdb-env.sh
 source scripts/rocksdb-env.sh
 # One process per test binary: the Redis/Consul suites start their cluster
-# once in main() and run all their cases against it.
-cargo test --workspace --all-features "$@"
+# once in main() and run all their cases against it. --no-fail-fast: a
+# failing binary does not hide the results of the ones after it.
+echo "test: cargo test --workspace --all-features --no-fail-fast $*"
+cargo test --workspace --all-features --no-fail-fast "$@"

@@ -2,9 +2,10 @@
 //! that lands in it (so kvmap's own keys and shard channels can sit in
 //! the slot of a data key).
 //!
-//! The CRC16 is computed here because the `redis` crate's
-//! `cluster_routing::Slot::for_key` does not expose the slot number; the
-//! unit test uses it as the oracle.
+//! The `redis` crate's `cluster_routing::Slot::for_key` does not expose
+//! the slot number, so the slot is computed here with the `crc16` crate
+//! (the one the `redis` crate uses); the unit test uses `Slot::for_key`
+//! as the oracle.
 
 use std::fmt::Write as _;
 use std::sync::OnceLock;
@@ -23,18 +24,7 @@ pub(crate) fn key_slot(key: &[u8]) -> u16 {
             }
         }
     }
-    let mut crc: u16 = 0;
-    for &b in k {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
+    crc16::State::<crc16::XMODEM>::calculate(k) % 16384
 }
 
 /// Redis Cluster's number of hash slots.

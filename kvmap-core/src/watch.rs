@@ -154,9 +154,9 @@ pub enum WatchEvent {
         key: Key,
         /// The revision of the expiry.
         revision: Revision,
-        /// The entry before, if asked for and the backend can keep it past
-        /// its expiry (every backend but Redis, whose server drops the
-        /// value before it notifies; see its docs).
+        /// The entry before, if asked for (Redis: when the watch delivered
+        /// the key's last `Put` itself, since its server drops the value
+        /// before it notifies; see its docs).
         prev: Option<Entry>,
     },
     /// Continuity was lost; this is the full current state of the watched

@@ -31,8 +31,6 @@ fn main() -> std::process::ExitCode {
     let code = Suite::new("near_cache::redis")
         .with_options(SuiteOptions {
             watch_buffer: Some(WATCH_BUFFER),
-            // Documented: Redis drops the value before it notifies.
-            expired_prev: false,
             ..SuiteOptions::default()
         })
         .run(move || {

@@ -96,8 +96,6 @@ fn run_suite(infra: &tokio::runtime::Runtime) -> ExitCode {
         .with_runtime(runtime())
         .with_options(SuiteOptions {
             watch_buffer: Some(WATCH_BUFFER),
-            // Documented: Redis drops the value before it notifies.
-            expired_prev: false,
             ..SuiteOptions::default()
         })
         .run(move || {

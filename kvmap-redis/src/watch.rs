@@ -14,7 +14,19 @@
 //!   with `CONFIG SET` if needed, on masters and replicas; if refused the
 //!   watch fails with a typed error), again after every lost connection
 //!   (a restarted server forgets a `CONFIG SET`). The expiry's revision is
-//!   the last revision seen for the key plus one.
+//!   its expiry time in µs on the master's clock (the revision scheme of
+//!   the scripts), at least the last revision seen plus one; its `prev`
+//!   is the entry of the key's last `Put` this watch delivered, when asked
+//!   for (the server drops the value before it notifies).
+//! - In a cluster the expiry notification and the key's change events
+//!   arrive on two connections to the key's master, so an `Expired` could
+//!   overtake the `Put` it ends. It is therefore held: the watcher
+//!   publishes a marker on the key's shard channel and delivers the
+//!   `Expired` when the marker comes back; the server sent every earlier
+//!   event of the key before it, so the `Put` has been delivered by then.
+//!   If an event of the same key arrives while the `Expired` is held (a
+//!   late `Put`, or the key written again right after it expired), which
+//!   came first cannot be told: the watch resyncs instead.
 //! - Events of a key are delivered in revision order: an event whose
 //!   revision is not above the last one seen for its key is dropped. A
 //!   deleted or expired key is forgotten; the map is bounded (see
@@ -33,8 +45,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
+use bytes::Bytes;
 use futures::StreamExt;
 use kvmap_core::backend::Scope;
 use kvmap_core::{
@@ -48,7 +61,8 @@ use crate::error::{map, own, BACKEND};
 use crate::feed::{expired_channel, subscribe, Feed, Subs};
 use crate::list::{fetch_in_order, scan_range};
 use crate::scripts::Change;
-use crate::store::{Inner, RedisStore};
+use crate::slots::{slot_index, tag_of_slot};
+use crate::store::{shard_channel, Inner, RedisStore};
 
 /// How often a cluster watcher compares the slot map.
 pub(crate) const TOPOLOGY_POLL: Duration = Duration::from_secs(1);
@@ -189,6 +203,10 @@ struct Watcher {
     tx: mpsc::Sender<Result<WatchEvent>>,
     /// The last revision delivered per key (bounded, see [`KEY_MEMORY`]).
     last: HashMap<Key, Revision>,
+    /// The entry of the last `Put` delivered per key that has an expiry
+    /// (its value only with `with_prev_value`): the revision and `prev`
+    /// of its `Expired`. Its keys are a subset of `last`'s.
+    expiring: HashMap<Key, Entry>,
     /// The keys of the last resync.
     resynced: usize,
     expired: String,
@@ -204,10 +222,24 @@ enum Broke {
 /// What a message is to this watch.
 enum Step {
     Deliver(WatchEvent),
+    /// A key in range expired (its event is built when delivered).
+    Expiry(Key),
     Skip,
     /// A heartbeat of ours came back.
     Heartbeat(String),
     Lost(&'static str),
+}
+
+/// An expiry held until its marker comes back (cluster).
+struct Held {
+    marker: String,
+    key: Key,
+    /// The watch had delivered the key's last `Put` (with its expiry)
+    /// when the notification came.
+    known: bool,
+    /// The events of the same key that arrived meanwhile (`true`: a
+    /// `Put` with an expiry).
+    crossed: Vec<bool>,
 }
 
 /// Heartbeat payloads start with this (no change event does).
@@ -221,6 +253,7 @@ impl Watcher {
             request,
             tx,
             last: HashMap::new(),
+            expiring: HashMap::new(),
             resynced: 0,
             expired,
         }
@@ -294,6 +327,7 @@ impl Watcher {
                         "redis watch: key memory full, resyncing"
                     );
                     self.last.clear();
+                    self.expiring.clear();
                     resync = true;
                 }
             }
@@ -318,10 +352,18 @@ impl Watcher {
         let entries = self.snapshot(&range).await?;
         let mut revision = 0;
         self.resynced = entries.len();
+        self.expiring.clear();
         for e in &entries {
             revision = revision.max(e.revision);
             let last = self.last.entry(e.key.clone()).or_insert(0);
             *last = (*last).max(e.revision);
+            if e.expires_at.is_some() {
+                let mut kept = e.clone();
+                if !self.request.with_prev_value {
+                    kept.value = Bytes::new();
+                }
+                self.expiring.insert(e.key.clone(), kept);
+            }
         }
         permit.send(Ok(WatchEvent::Resync { entries, revision }));
         Ok(true)
@@ -361,22 +403,61 @@ impl Watcher {
         let mut tick = tokio::time::interval(TOPOLOGY_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
-        // Heartbeats sent and not yet back: payload -> polls since sent.
+        // Heartbeats and markers sent and not yet back: payload -> polls
+        // since sent.
         let mut pending: HashMap<String, u32> = HashMap::new();
+        // Cluster: `Expired` events waiting for their marker.
+        let mut held: Vec<Held> = Vec::new();
         loop {
             tokio::select! {
                 () = self.tx.closed() => return Broke::Closed,
                 m = subs.messages.next() => match m {
                     Some(Feed::Message(channel, payload)) => {
                         match self.event(&channel, &payload) {
-                            Step::Deliver(ev) => match self.tx.try_send(Ok(ev)) {
-                                Ok(()) => {}
-                                Err(mpsc::error::TrySendError::Full(_)) => return Broke::Overflow,
-                                Err(mpsc::error::TrySendError::Closed(_)) => return Broke::Closed,
-                            },
+                            Step::Deliver(ev) => {
+                                if let Some(k) = ev.key() {
+                                    let timed = matches!(
+                                        &ev,
+                                        WatchEvent::Put { entry, .. } if entry.expires_at.is_some()
+                                    );
+                                    for h in held.iter_mut().filter(|h| &h.key == k) {
+                                        h.crossed.push(timed);
+                                    }
+                                }
+                                if let Some(b) = self.deliver(ev) {
+                                    return b;
+                                }
+                            }
+                            Step::Expiry(key) if cluster => {
+                                let Some(marker) = self.marker(&key).await else {
+                                    return Broke::Lost("an expiry's marker could not be published");
+                                };
+                                pending.insert(marker.clone(), 0);
+                                let known = self.expiring.contains_key(&key);
+                                held.push(Held { marker, key, known, crossed: Vec::new() });
+                            }
+                            Step::Expiry(key) => {
+                                let ev = self.expired(key);
+                                if let Some(b) = self.deliver(ev) {
+                                    return b;
+                                }
+                            }
                             Step::Skip => {}
                             Step::Heartbeat(h) => {
                                 pending.remove(&h);
+                                if let Some(i) = held.iter().position(|x| x.marker == h) {
+                                    let x = held.remove(i);
+                                    let again = held.iter().any(|o| o.key == x.key);
+                                    if !self.in_order(&x, again).await {
+                                        return Broke::Lost(
+                                            "an expiry crossed another event of the same key",
+                                        );
+                                    }
+                                    let ev = self.expired(x.key);
+                                    if let Some(b) = self.deliver(ev) {
+                                        return b;
+                                    }
+                                }
                             }
                             Step::Lost(why) => return Broke::Lost(why),
                         }
@@ -401,8 +482,18 @@ impl Watcher {
         }
     }
 
-    /// Checks that every heartbeat sent two polls ago came back, then
-    /// publishes one on every master's beacon channel.
+    /// Sends `ev` to the consumer; `Some` if the watch must stop or
+    /// resync.
+    fn deliver(&self, ev: WatchEvent) -> Option<Broke> {
+        match self.tx.try_send(Ok(ev)) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(_)) => Some(Broke::Overflow),
+            Err(mpsc::error::TrySendError::Closed(_)) => Some(Broke::Closed),
+        }
+    }
+
+    /// Checks that every heartbeat (or marker) sent two polls ago came
+    /// back, then publishes one on every master's beacon channel.
     async fn heartbeat(
         &self,
         beacons: &[(NodeAddr, String)],
@@ -414,22 +505,61 @@ impl Watcher {
                 return Some("a master's heartbeat did not come back on its shard channel");
             }
         }
-        static SEQ: AtomicU64 = AtomicU64::new(0);
         for (_, channel) in beacons {
-            let payload = format!(
-                "{HEARTBEAT}{}-{}",
-                std::process::id(),
-                SEQ.fetch_add(1, AtomicOrdering::Relaxed)
-            );
-            let mut cmd = redis::cmd("SPUBLISH");
-            cmd.arg(channel).arg(&payload);
-            let sent = self.inner.client.query_on_key::<i64>(&cmd, channel).await;
-            if sent.is_err() {
+            let Some(payload) = self.publish_heartbeat(channel).await else {
                 return Some("a heartbeat could not be published");
-            }
+            };
             pending.insert(payload, 0);
         }
         None
+    }
+
+    /// Publishes a heartbeat payload on a shard channel; returns it.
+    async fn publish_heartbeat(&self, channel: &str) -> Option<String> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let payload = format!(
+            "{HEARTBEAT}{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, AtomicOrdering::Relaxed)
+        );
+        let mut cmd = redis::cmd("SPUBLISH");
+        cmd.arg(channel).arg(&payload);
+        let sent = self.inner.client.query_on_key::<i64>(&cmd, channel).await;
+        sent.ok().map(|_| payload)
+    }
+
+    /// Whether a held expiry whose marker came back can be delivered now,
+    /// in order: no other event of its key came meanwhile, or exactly
+    /// one `Put` with an expiry the watch had not seen before the
+    /// notification (the late `Put` this expiry ends) and the key is
+    /// absent now. `again`: another expiry of the key is still held.
+    /// Anything else cannot be ordered (the key was written again right
+    /// after it expired): the caller resyncs.
+    async fn in_order(&self, held: &Held, again: bool) -> bool {
+        match held.crossed.as_slice() {
+            [] => true,
+            [true] if !held.known && !again => {
+                let server_key = self.inner.server_key(held.key.as_str());
+                let mut cmd = redis::cmd("EXISTS");
+                cmd.arg(&server_key);
+                let n = self
+                    .inner
+                    .client
+                    .query_on_key::<i64>(&cmd, &server_key)
+                    .await;
+                matches!(n, Ok(0))
+            }
+            _ => false,
+        }
+    }
+
+    /// Publishes the marker of a held expiry on its key's shard channel
+    /// (which this watch subscribes: the key is in its range).
+    async fn marker(&self, key: &Key) -> Option<String> {
+        let server_key = self.inner.server_key(key.as_str());
+        let tag = tag_of_slot(slot_index(server_key.as_bytes()))?;
+        let channel = shard_channel(tag, &self.inner.channel);
+        self.publish_heartbeat(&channel).await
     }
 
     /// What a message is to this watch.
@@ -465,12 +595,20 @@ impl Watcher {
             None
         };
         Step::Deliver(if change.put {
-            WatchEvent::Put {
-                entry: change.entry(&key),
-                prev,
+            let entry = change.entry(&key);
+            if entry.expires_at.is_some() {
+                let mut kept = entry.clone();
+                if !self.request.with_prev_value {
+                    kept.value = Bytes::new();
+                }
+                self.expiring.insert(key.clone(), kept);
+            } else {
+                self.expiring.remove(&key);
             }
+            WatchEvent::Put { entry, prev }
         } else {
             self.last.remove(&key);
+            self.expiring.remove(&key);
             WatchEvent::Delete {
                 key,
                 revision: change.rev,
@@ -479,17 +617,30 @@ impl Watcher {
         })
     }
 
-    fn expired_event(&mut self, payload: &[u8]) -> Step {
+    fn expired_event(&self, payload: &[u8]) -> Step {
         let ns = self.inner.cfg.key_prefix.as_bytes();
-        let Some(key) = payload.strip_prefix(ns).and_then(|raw| self.key_of(raw)) else {
-            return Step::Skip;
-        };
-        let revision = self.last.remove(&key).map_or(1, |r| r + 1);
-        Step::Deliver(WatchEvent::Expired {
+        match payload.strip_prefix(ns).and_then(|raw| self.key_of(raw)) {
+            Some(key) => Step::Expiry(key),
+            None => Step::Skip,
+        }
+    }
+
+    /// The `Expired` event of `key`, which is forgotten.
+    fn expired(&mut self, key: Key) -> WatchEvent {
+        let after_last = self.last.remove(&key).map_or(1, |r| r + 1);
+        let seen = self.expiring.remove(&key);
+        let at = seen
+            .as_ref()
+            .and_then(|e| e.expires_at)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .and_then(|d| Revision::try_from(d.as_micros()).ok())
+            .unwrap_or(0);
+        let prev = seen.filter(|_| self.request.with_prev_value);
+        WatchEvent::Expired {
             key,
-            revision,
-            prev: None,
-        })
+            revision: after_last.max(at),
+            prev,
+        }
     }
 
     fn key_of(&self, raw: &[u8]) -> Option<Key> {

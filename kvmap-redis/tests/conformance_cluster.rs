@@ -27,8 +27,6 @@ fn main() -> std::process::ExitCode {
         .with_runtime(common::runtime())
         .with_options(SuiteOptions {
             watch_buffer: Some(WATCH_BUFFER),
-            // Documented: Redis drops the value before it notifies.
-            expired_prev: false,
             ..SuiteOptions::default()
         })
         .run(move || {

@@ -11,6 +11,10 @@
 //!   keys, 20 per page, while the slot holding most of them migrates to
 //!   another master one key at a time: no key skipped, none repeated,
 //!   ascending, on every full pass.
+//! - `cluster_expired_after_its_put`: 300 keys written with 1-20 ms TTLs;
+//!   every key's `Expired` arrives after its `Put`, with a higher revision
+//!   and the put entry as `prev` (or a `Resync` covered the key). The two
+//!   travel on different connections to the key's master.
 //! - `standalone_expiry_events_survive_a_restart`: a standalone server that
 //!   is killed and started again comes back with keyspace notifications
 //!   off (a `CONFIG SET` is not persisted); the watcher sets them again on
@@ -367,6 +371,123 @@ async fn expiry_after_restart() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Short-TTL keys on the cluster: each key's `Expired` comes after its
+/// `Put`, with a higher revision and the put entry as `prev` (or a
+/// `Resync` covered the key).
+async fn expired_after_its_put(cluster: &RedisCluster) -> anyhow::Result<()> {
+    const N: usize = 300;
+    let store = Arc::new(RedisStore::connect(config(cluster)).await?);
+    let ctx = Context::new();
+    let mut stream = store
+        .watch(&ctx, WatchRequest::prefix("xo/").with_prev_value())
+        .await?;
+    // Keys whose put has been sent (a resync covers only these).
+    let started = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (store, started) = (store.clone(), started.clone());
+        tokio::spawn(async move {
+            let ctx = Context::new();
+            for i in 0..N {
+                started.fetch_add(1, Ordering::SeqCst);
+                let key = Key::new(format!("xo/{i:03}"))?;
+                // 1-20 ms: expired by Redis's active cycle, often within
+                // the same server tick as other keys' writes.
+                let ttl = Duration::from_millis(1 + (i % 20) as u64);
+                store
+                    .put(
+                        &ctx,
+                        &key,
+                        Bytes::from(format!("v{i:03}")),
+                        PutOptions::default().with_ttl(ttl),
+                    )
+                    .await?;
+            }
+            anyhow::Ok(())
+        })
+    };
+    // Per key: the put revision seen, then the expiry. A resync covers
+    // (ends the check of) every key already sent that it does not list.
+    let mut put_rev: BTreeMap<Key, u64> = BTreeMap::new();
+    let mut done: std::collections::BTreeSet<Key> = Default::default();
+    let (mut expired, mut covered, mut resyncs) = (0usize, 0usize, 0usize);
+    let mut bad: Vec<String> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while done.len() < N {
+        let ev = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(ev)) => ev?,
+            Ok(None) => return Err(anyhow!("the watch ended")),
+            Err(_) => break,
+        };
+        if ev.key().is_some_and(|k| done.contains(k)) {
+            continue;
+        }
+        match ev {
+            WatchEvent::Put { entry, .. } => {
+                put_rev.insert(entry.key, entry.revision);
+            }
+            WatchEvent::Expired {
+                key,
+                revision,
+                prev,
+            } => {
+                match put_rev.remove(&key) {
+                    None => bad.push(format!("{key}: Expired before its Put")),
+                    Some(r) if revision <= r => {
+                        bad.push(format!("{key}: Expired revision {revision} <= put {r}"))
+                    }
+                    Some(r) => {
+                        let want = format!("v{}", &key.as_str()[3..]);
+                        let ok = prev
+                            .as_ref()
+                            .is_some_and(|p| p.revision == r && p.value == want.as_bytes());
+                        if !ok {
+                            bad.push(format!("{key}: Expired prev {prev:?}, put revision {r}"));
+                        }
+                        expired += 1;
+                    }
+                }
+                done.insert(key);
+            }
+            WatchEvent::Resync { entries, .. } => {
+                resyncs += 1;
+                let listed: BTreeMap<Key, u64> =
+                    entries.into_iter().map(|e| (e.key, e.revision)).collect();
+                let sent = usize::try_from(started.load(Ordering::SeqCst))?;
+                for i in 0..sent {
+                    let k = Key::new(format!("xo/{i:03}"))?;
+                    if !done.contains(&k) && !listed.contains_key(&k) {
+                        done.insert(k);
+                        covered += 1;
+                    }
+                }
+                put_rev = listed;
+            }
+            WatchEvent::Delete { key, .. } => bad.push(format!("{key}: unexpected Delete")),
+        }
+    }
+    writer.await??;
+    eprintln!(
+        "[expiry order] {N} keys with 1-20 ms TTLs on the cluster: {expired} Expired after their \
+         Put with a higher revision and the put as prev, {covered} covered by \
+         {resyncs} resync(s), {} wrong",
+        bad.len()
+    );
+    ensure!(
+        bad.is_empty(),
+        "wrong expiry events: {:?}",
+        &bad[..bad.len().min(10)]
+    );
+    ensure!(
+        done.len() == N,
+        "only {expired} expiries and {covered} resync-covered keys of {N} within 30 s"
+    );
+    ensure!(
+        expired >= N / 2,
+        "only {expired} of {N} Expired events (resyncs: the test proves little)"
+    );
+    Ok(())
+}
+
 async fn notify_flags(server: &RedisStandalone) -> anyhow::Result<String> {
     let mut raw = server.client()?.get_multiplexed_async_connection().await?;
     let (_, flags): (String, String) = redis::cmd("CONFIG")
@@ -393,6 +514,13 @@ fn main() -> std::process::ExitCode {
         (
             "standalone_expiry_events_survive_a_restart",
             common::trial(&infra, move || async move { expiry_after_restart().await }),
+        ),
+        (
+            "cluster_expired_after_its_put",
+            common::trial(&infra, move || async move {
+                let c = RedisCluster::start().await?;
+                expired_after_its_put(&c).await
+            }),
         ),
         (
             "cluster_list_during_reshard",

@@ -155,9 +155,9 @@ pub struct SuiteOptions {
     pub lock_grace: Duration,
     /// Whether `Expired` events carry the entry before when the watch
     /// asked for previous values (default `true`). `false` for a backend
-    /// that documents it cannot (Redis: the server drops the value before
-    /// it notifies); the suite then checks that `prev` is consistently
-    /// absent instead.
+    /// that documents it cannot (e.g. one whose server drops the value
+    /// before it notifies and whose watch did not keep it); the suite then
+    /// checks that `prev` is consistently absent instead.
     pub expired_prev: bool,
 }
 

@@ -437,20 +437,15 @@ fn main() -> std::process::ExitCode {
         let single = infra
             .block_on(integration_tests::RedisStandalone::start())
             .expect("start redis standalone");
-        // The cluster trial is ignored unless asked for.
-        let cluster = std::env::args()
-            .any(|a| a == "--ignored" || a == "--include-ignored")
-            .then(|| {
-                infra
-                    .block_on(integration_tests::RedisCluster::start())
-                    .expect("start redis cluster")
-            });
+        let cluster = infra
+            .block_on(integration_tests::RedisCluster::start())
+            .expect("start redis cluster");
         Some(Arc::new((single, cluster)))
     };
     let rt = Arc::new(common::runtime());
     let s1 = servers.clone();
     let s2 = servers.clone();
-    let code = common::run_trials_ignoring(vec![
+    let code = common::run_trials(vec![
         (
             "exactly_once_standalone_under_client_kill",
             common::trial(&rt, move || async move {
@@ -464,17 +459,14 @@ fn main() -> std::process::ExitCode {
             "exactly_once_cluster_under_client_kill",
             common::trial(&rt, move || async move {
                 let s = s2.context("no servers")?;
-                let cluster = s.1.as_ref().context("no cluster")?;
+                let cluster = &s.1;
                 let cfg =
                     RedisConfig::cluster(cluster.urls()).with_op_timeout(Duration::from_secs(2));
                 let masters = cluster.masters().await?.iter().map(|m| m.port).collect();
                 run("cluster", cfg, masters).await
             }),
         ),
-    ], &[(
-        "exactly_once_cluster_under_client_kill",
-        "the cluster store stopped answering for good in some runs under repeated CLIENT KILL (the redis crate's cluster connection; kvmap now replaces a connection that stops answering, not yet seen to trigger); run with --ignored",
-    )]);
+    ]);
     drop(rt);
     infra.block_on(async move { drop(servers) });
     code

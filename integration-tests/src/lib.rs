@@ -12,6 +12,8 @@
 //! | --- | --- |
 //! | single Redis | [`RedisStandalone::start`] |
 //! | Redis Cluster, 3 masters + 3 replicas | [`RedisCluster::start`] |
+//! | the same cluster, TLS only (clients, bus, replication) | [`RedisCluster::start_with`] with [`RedisClusterOptions::tls`] |
+//! | the same cluster with ACL users | [`RedisCluster::start_with`] with ACL lines in [`RedisClusterOptions::extra_args`] |
 //! | Redis with ACL users | [`RedisAcl::start`] |
 //! | Redis with TLS only | [`RedisTls::start`] |
 //! | Consul dev agent | [`ConsulDev::start`] |

@@ -4,6 +4,12 @@
 //! and announces `127.0.0.1`, so the addresses in `CLUSTER SLOTS` / `MOVED`
 //! replies are reachable from the test process. The cluster is created with
 //! `redis-cli --cluster create ... --cluster-replicas 1` run inside node 0.
+//!
+//! With [`RedisClusterOptions::tls`] every node serves clients, the cluster
+//! bus and replication over TLS only (`--port 0 --tls-port PORT
+//! --tls-cluster yes --tls-replication yes`), with a server certificate
+//! signed by a CA generated for this cluster ([`RedisCluster::ca_pem`]);
+//! clients need not present a certificate.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::RangeInclusive;
@@ -17,6 +23,7 @@ use crate::docker::{
 };
 use crate::fault::Node;
 use crate::redis_single::{base_args, query, wait_ping};
+use crate::tls::{install_crypto_provider, TlsMaterial};
 use crate::wait::{poll_until, report_ready};
 
 /// Number of hash slots in Redis Cluster.
@@ -35,6 +42,9 @@ pub struct RedisClusterOptions {
     pub node_timeout: Duration,
     /// Extra `redis-server` arguments for every node.
     pub extra_args: Vec<String>,
+    /// TLS only, for clients, the cluster bus and replication (see the
+    /// module docs).
+    pub tls: bool,
 }
 
 impl Default for RedisClusterOptions {
@@ -43,6 +53,7 @@ impl Default for RedisClusterOptions {
             notify_keyspace_events: None,
             node_timeout: Duration::from_secs(2),
             extra_args: Vec::new(),
+            tls: false,
         }
     }
 }
@@ -94,6 +105,7 @@ impl ClusterNode {
 pub struct RedisCluster {
     nodes: Vec<Node>,
     opts: RedisClusterOptions,
+    tls: Option<TlsMaterial>,
 }
 
 impl RedisCluster {
@@ -106,15 +118,28 @@ impl RedisCluster {
     /// Starts the cluster with `opts` and waits until it is healthy.
     pub async fn start_with(opts: RedisClusterOptions) -> anyhow::Result<Self> {
         let t0 = Instant::now();
+        let tls = if opts.tls {
+            install_crypto_provider();
+            Some(TlsMaterial::generate()?)
+        } else {
+            None
+        };
+        let binds: Vec<(String, String)> = tls
+            .iter()
+            .map(|t| (t.dir().display().to_string(), "/tls".to_string()))
+            .collect();
         let count = MASTERS * (1 + REPLICAS_PER_MASTER);
         let ports: Vec<u16> = (0..count).map(|_| free_port_with_bus()).collect();
         let suffix = unique_suffix();
         let starts = ports.iter().enumerate().map(|(i, &port)| {
             let mut args = base_args(
-                port,
+                if opts.tls { 0 } else { port },
                 opts.notify_keyspace_events.as_deref(),
                 &opts.extra_args,
             );
+            if opts.tls {
+                args.extend(tls_args(port));
+            }
             args.extend(
                 [
                     "--cluster-enabled",
@@ -132,13 +157,14 @@ impl RedisCluster {
                 .map(|s| s.to_string()),
             );
             let name = format!("kvmap-it-rcluster-{i}-{port}-{suffix}");
+            let binds = binds.clone();
             async move {
                 let c = start_container(ContainerSpec {
                     image: redis_image(),
                     entrypoint: "redis-server".into(),
                     args,
                     name: name.clone(),
-                    binds: vec![],
+                    binds,
                 })
                 .await?;
                 anyhow::Ok(Node::new(c, name, port))
@@ -155,7 +181,7 @@ impl RedisCluster {
                 Err(e) => first_err = first_err.or(Some(e)),
             }
         }
-        let this = Self { nodes, opts };
+        let this = Self { nodes, opts, tls };
         if let Some(e) = first_err {
             return Err(e);
         }
@@ -172,9 +198,13 @@ impl RedisCluster {
 
     async fn create(&self) -> anyhow::Result<()> {
         for n in &self.nodes {
-            wait_ping(&node_client(n.port())?, &format!("PING {}", n.name())).await?;
+            wait_ping(&self.node_client(n.port())?, &format!("PING {}", n.name())).await?;
         }
-        let mut cmd: Vec<String> = vec!["redis-cli".into(), "--cluster".into(), "create".into()];
+        let mut cmd: Vec<String> = vec!["redis-cli".into()];
+        if self.tls.is_some() {
+            cmd.extend(["--tls", "--cacert", "/tls/ca.crt"].map(String::from));
+        }
+        cmd.extend(["--cluster", "create"].map(String::from));
         cmd.extend(self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())));
         cmd.extend(
             ["--cluster-replicas", "1", "--cluster-yes"]
@@ -203,12 +233,41 @@ impl RedisCluster {
         self.nodes.iter().map(Node::port).collect()
     }
 
-    /// `redis://127.0.0.1:PORT` of every node (seed list for cluster clients).
+    /// `redis://127.0.0.1:PORT` (`rediss://` with TLS) of every node (seed
+    /// list for cluster clients).
     pub fn urls(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         self.ports()
             .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .map(|p| format!("{scheme}://127.0.0.1:{p}"))
             .collect()
+    }
+
+    /// With TLS: the CA certificate (PEM) that signed the nodes'
+    /// certificate.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.tls.as_ref().map(TlsMaterial::ca_pem)
+    }
+
+    /// A client of the node on `port` (trusting the cluster's CA with TLS).
+    fn node_client(&self, port: u16) -> anyhow::Result<redis::Client> {
+        match &self.tls {
+            None => {
+                redis::Client::open(format!("redis://127.0.0.1:{port}")).context("redis client")
+            }
+            Some(t) => redis::Client::build_with_tls(
+                format!("rediss://127.0.0.1:{port}"),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(t.ca_pem().as_bytes().to_vec()),
+                },
+            )
+            .context("redis tls client"),
+        }
     }
 
     /// Number of containers (6).
@@ -233,11 +292,16 @@ impl RedisCluster {
 
     /// A `redis` cluster client seeded with every node.
     pub fn client(&self) -> anyhow::Result<ClusterClient> {
-        ClusterClient::builder(self.urls())
+        let mut b = ClusterClient::builder(self.urls())
             .connection_timeout(Duration::from_secs(2))
-            .response_timeout(Duration::from_secs(2))
-            .build()
-            .context("cluster client")
+            .response_timeout(Duration::from_secs(2));
+        if let Some(t) = &self.tls {
+            b = b.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(t.ca_pem().as_bytes().to_vec()),
+            });
+        }
+        b.build().context("cluster client")
     }
 
     fn index_of_port(&self, port: u16) -> Option<usize> {
@@ -247,7 +311,7 @@ impl RedisCluster {
     /// `CLUSTER NODES` as seen by container `observer`.
     pub async fn nodes_seen_by(&self, observer: usize) -> anyhow::Result<Vec<ClusterNode>> {
         let text: String = query(
-            &node_client(self.nodes[observer].port())?,
+            &self.node_client(self.nodes[observer].port())?,
             redis::cmd("CLUSTER").arg("NODES"),
         )
         .await?;
@@ -333,7 +397,7 @@ impl RedisCluster {
     async fn check_healthy(&self, full: bool) -> anyhow::Result<()> {
         let running = self.running_indices().await?;
         for &i in &running {
-            let client = node_client(self.nodes[i].port())?;
+            let client = self.node_client(self.nodes[i].port())?;
             let info: String = query(&client, redis::cmd("CLUSTER").arg("INFO")).await?;
             ensure!(
                 info.contains("cluster_state:ok"),
@@ -413,14 +477,37 @@ impl RedisCluster {
     pub async fn restart_node(&self, i: usize) -> anyhow::Result<Duration> {
         let t0 = Instant::now();
         self.nodes[i].start().await?;
-        wait_ping(&node_client(self.nodes[i].port())?, "restarted node PING").await?;
+        wait_ping(
+            &self.node_client(self.nodes[i].port())?,
+            "restarted node PING",
+        )
+        .await?;
         self.wait_healthy(READY_TIMEOUT).await?;
         Ok(t0.elapsed())
     }
 }
 
-fn node_client(port: u16) -> anyhow::Result<redis::Client> {
-    redis::Client::open(format!("redis://127.0.0.1:{port}")).context("redis client")
+/// `redis-server` arguments of a TLS-only cluster node on `port`.
+fn tls_args(port: u16) -> Vec<String> {
+    [
+        "--tls-port",
+        &port.to_string(),
+        "--tls-cluster",
+        "yes",
+        "--tls-replication",
+        "yes",
+        "--tls-cert-file",
+        &format!("/tls/{}", TlsMaterial::CERT_FILE),
+        "--tls-key-file",
+        &format!("/tls/{}", TlsMaterial::KEY_FILE),
+        "--tls-ca-cert-file",
+        &format!("/tls/{}", TlsMaterial::CA_FILE),
+        "--tls-auth-clients",
+        "no",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 fn check_view(view: &[ClusterNode], full: bool) -> anyhow::Result<()> {
@@ -534,7 +621,7 @@ impl RedisCluster {
         to: &ClusterNode,
     ) -> anyhow::Result<()> {
         let _: () = query(
-            &node_client(to.port)?,
+            &self.node_client(to.port)?,
             redis::cmd("CLUSTER")
                 .arg("SETSLOT")
                 .arg(slot)
@@ -544,7 +631,7 @@ impl RedisCluster {
         .await
         .with_context(|| format!("setslot {slot} importing on {}", to.port))?;
         let _: () = query(
-            &node_client(from.port)?,
+            &self.node_client(from.port)?,
             redis::cmd("CLUSTER")
                 .arg("SETSLOT")
                 .arg(slot)
@@ -566,7 +653,7 @@ impl RedisCluster {
         to: &ClusterNode,
         max: usize,
     ) -> anyhow::Result<usize> {
-        let src = node_client(from.port)?;
+        let src = self.node_client(from.port)?;
         let keys: Vec<Vec<u8>> = query(
             &src,
             redis::cmd("CLUSTER")
@@ -611,7 +698,7 @@ impl RedisCluster {
         );
         for port in order {
             let _: () = query(
-                &node_client(port)?,
+                &self.node_client(port)?,
                 redis::cmd("CLUSTER")
                     .arg("SETSLOT")
                     .arg(slot)

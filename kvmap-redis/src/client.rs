@@ -85,6 +85,21 @@ fn open_err(e: redis::RedisError, what: &str) -> Error {
     err.with_detail(detail)
 }
 
+/// [`open_err`] for a failed connect. A plain connection that the server
+/// drops at once is typically a port that serves only TLS, so the message
+/// says so.
+fn connect_err(e: redis::RedisError, seed: &ConnectionInfo) -> Error {
+    let plain = matches!(seed.addr(), ConnectionAddr::Tcp(..));
+    if plain && e.is_connection_dropped() {
+        open_err(
+            e,
+            "connect: the server dropped the connection (a server that serves only tls needs rediss:// urls)",
+        )
+    } else {
+        open_err(e, "connect")
+    }
+}
+
 impl RedisClient {
     /// Connects and authenticates (a wrong password fails here).
     pub(crate) async fn connect(cfg: &RedisConfig) -> Result<Self> {
@@ -124,7 +139,7 @@ impl RedisClient {
                 let cm = tokio::time::timeout(cfg.connect_timeout.saturating_mul(2), fut)
                     .await
                     .map_err(|_| connect_timeout())?
-                    .map_err(|e| open_err(e, "connect"))?;
+                    .map_err(|e| connect_err(e, &seed))?;
                 Conn::Standalone(cm)
             }
             Topology::Cluster => {
@@ -142,7 +157,7 @@ impl RedisClient {
                     Err(e) => {
                         return Err(diagnose_cluster_connect(&seed, certs.as_ref(), cfg)
                             .await
-                            .unwrap_or_else(|| open_err(e, "connect")))
+                            .unwrap_or_else(|| connect_err(e, &seed)))
                     }
                 };
                 Conn::Cluster(Arc::new(SharedCluster::new(

@@ -3,41 +3,6 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use kvmap_core::conformance::{Suite, SuiteOptions};
-use kvmap_core::KvStore;
-use kvmap_redis::{RedisConfig, RedisStore};
-
-/// Small enough for the slow-consumer case to overflow it.
-const WATCH_BUFFER: usize = 32;
-
 fn main() -> std::process::ExitCode {
-    // The servers live on their own runtime, so they can be dropped (and
-    // their containers removed) after the suite consumed its runtime.
-    let infra = common::runtime();
-    if let Some(code) = common::skip_without_docker(&infra) {
-        return code;
-    }
-    let cluster = infra
-        .block_on(integration_tests::RedisCluster::start())
-        .expect("start redis cluster");
-    let urls = cluster.urls();
-    let code = Suite::new("redis::cluster")
-        .with_runtime(common::runtime())
-        .with_options(SuiteOptions {
-            watch_buffer: Some(WATCH_BUFFER),
-            ..SuiteOptions::default()
-        })
-        .run(move || {
-            let urls = urls.clone();
-            async move {
-                let store =
-                    RedisStore::connect(RedisConfig::cluster(urls).with_watch_buffer(WATCH_BUFFER))
-                        .await?;
-                Ok(Arc::new(store) as Arc<dyn KvStore>)
-            }
-        });
-    infra.block_on(async move { drop(cluster) });
-    code
+    common::cluster_suite("redis::cluster", false)
 }

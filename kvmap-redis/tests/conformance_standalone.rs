@@ -9,9 +9,6 @@ use kvmap_core::conformance::{Suite, SuiteOptions};
 use kvmap_core::KvStore;
 use kvmap_redis::{RedisConfig, RedisStore};
 
-/// Small enough for the slow-consumer case to overflow it.
-const WATCH_BUFFER: usize = 32;
-
 fn main() -> std::process::ExitCode {
     // The servers live on their own runtime, so they can be dropped (and
     // their containers removed) after the suite consumed its runtime.
@@ -26,14 +23,14 @@ fn main() -> std::process::ExitCode {
     let code = Suite::new("redis::standalone")
         .with_runtime(common::runtime())
         .with_options(SuiteOptions {
-            watch_buffer: Some(WATCH_BUFFER),
+            watch_buffer: Some(common::WATCH_BUFFER),
             ..SuiteOptions::default()
         })
         .run(move || {
             let url = url.clone();
             async move {
                 let store = RedisStore::connect(
-                    RedisConfig::standalone(url).with_watch_buffer(WATCH_BUFFER),
+                    RedisConfig::standalone(url).with_watch_buffer(common::WATCH_BUFFER),
                 )
                 .await?;
                 Ok(Arc::new(store) as Arc<dyn KvStore>)

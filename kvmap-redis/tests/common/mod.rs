@@ -63,3 +63,52 @@ where
     let rt = rt.clone();
     Box::new(move || rt.block_on(f()).map_err(|e| format!("{e:#}")))
 }
+
+/// Small enough for the slow-consumer case to overflow it.
+pub const WATCH_BUFFER: usize = 32;
+
+/// The whole conformance suite (`conformance::<name>::*`) on one 3 + 3
+/// cluster started for it (TLS only with `tls`, the store trusting its
+/// generated CA).
+pub fn cluster_suite(name: &str, tls: bool) -> ExitCode {
+    use std::sync::Arc;
+
+    use kvmap_core::conformance::{Suite, SuiteOptions};
+    use kvmap_core::KvStore;
+    use kvmap_redis::{RedisConfig, RedisStore};
+
+    // The servers live on their own runtime, so they can be dropped (and
+    // their containers removed) after the suite consumed its runtime.
+    let infra = runtime();
+    if let Some(code) = skip_without_docker(&infra) {
+        return code;
+    }
+    let cluster = infra
+        .block_on(integration_tests::RedisCluster::start_with(
+            integration_tests::RedisClusterOptions {
+                tls,
+                ..Default::default()
+            },
+        ))
+        .expect("start redis cluster");
+    let urls = cluster.urls();
+    let ca = cluster.ca_pem().map(str::to_owned);
+    let code = Suite::new(name)
+        .with_runtime(runtime())
+        .with_options(SuiteOptions {
+            watch_buffer: Some(WATCH_BUFFER),
+            ..SuiteOptions::default()
+        })
+        .run(move || {
+            let mut cfg = RedisConfig::cluster(urls.clone()).with_watch_buffer(WATCH_BUFFER);
+            if let Some(ca) = &ca {
+                cfg = cfg.with_tls_ca_pem(ca.clone());
+            }
+            async move {
+                let store = RedisStore::connect(cfg).await?;
+                Ok(Arc::new(store) as Arc<dyn KvStore>)
+            }
+        });
+    infra.block_on(async move { drop(cluster) });
+    code
+}

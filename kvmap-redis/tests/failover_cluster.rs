@@ -1,5 +1,7 @@
 //! Failover on the 3+3 cluster (started once for this binary): a master is
-//! killed during a mixed workload, without and with durable writes, and
+//! killed during a mixed workload, without and with durable writes, during
+//! 8 clients' compare-and-swap increments of one key (without and with
+//! durable writes: final value within acknowledged + outcome-unknown), and
 //! during a watch. Prints the errors seen, the time to recover and the
 //! acknowledged writes lost.
 
@@ -126,6 +128,122 @@ async fn workload(
         .context("heal the cluster")?;
     eprintln!("[failover {tag}] {report:?}");
     Ok(report)
+}
+
+const CAS_CLIENTS: usize = 8;
+const CAS_INCREMENTS: u64 = 500;
+
+/// One client's compare-and-swap increments of `key` until `CAS_INCREMENTS`
+/// were acknowledged: returns (acknowledged, outcome-unknown, conflicts).
+async fn cas_client(store: Arc<RedisStore>, key: Key) -> (u64, u64, u64) {
+    let ctx = Context::new();
+    let (mut acked, mut unknown, mut conflicts) = (0, 0, 0);
+    while acked < CAS_INCREMENTS {
+        let (n, rev) = match store.get(&ctx, &key).await {
+            Ok(Some(e)) => (
+                std::str::from_utf8(&e.value)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .unwrap_or(0),
+                e.revision,
+            ),
+            Ok(None) => (0, 0),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let next = (n + 1).to_string();
+        let r = if rev == 0 {
+            store.create(&ctx, &key, next).await
+        } else {
+            store.update(&ctx, &key, next, rev).await
+        };
+        match r {
+            Ok(_) => acked += 1,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::Conflict { .. } | ErrorKind::AlreadyExists
+                ) =>
+            {
+                conflicts += 1;
+            }
+            Err(e) if e.retry_class() == RetryClass::OutcomeUnknown => unknown += 1,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    (acked, unknown, conflicts)
+}
+
+/// 8 clients × 500 CAS increments of one key while the key's master is
+/// killed: the final value is within the acknowledged increments plus
+/// the outcome-unknown ones (with exactly-once writes, usually equal).
+async fn cas_counter_failover(durable: bool) -> anyhow::Result<()> {
+    let cluster = RedisCluster::start().await?;
+    let mut cfg = config(&cluster);
+    if durable {
+        cfg = cfg.with_durable_writes(1, Duration::from_millis(500));
+    }
+    let store = Arc::new(RedisStore::connect(cfg).await?);
+    let key = Key::new("cas/counter")?;
+    let master = cluster.master_for_key(b"kvmap:cas/counter").await?;
+    let victim = cluster
+        .masters()
+        .await?
+        .iter()
+        .position(|m| m.id == master.id)
+        .ok_or_else(|| anyhow!("the key's master is not listed"))?;
+    let t0 = Instant::now();
+    let clients: Vec<_> = (0..CAS_CLIENTS)
+        .map(|_| tokio::spawn(cas_client(store.clone(), key.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let before_kill = get_after_failover(&store, &Context::new(), &key)
+        .await?
+        .map(|e| String::from_utf8_lossy(&e.value).into_owned());
+    let container = master
+        .index
+        .ok_or_else(|| anyhow!("the master's container"))?;
+    let recovery = cluster.kill_master(victim).await?;
+    // Back as a replica of the promoted master: durable writes need one.
+    cluster
+        .restart_node(container)
+        .await
+        .context("restart the killed master")?;
+    let (mut acked, mut unknown, mut conflicts) = (0, 0, 0);
+    for c in clients {
+        let (a, u, k) = tokio::time::timeout(Duration::from_secs(180), c)
+            .await
+            .map_err(|_| anyhow!("the clients did not finish within 180 s"))??;
+        acked += a;
+        unknown += u;
+        conflicts += k;
+    }
+    let elapsed = t0.elapsed();
+    let last = get_after_failover(&store, &Context::new(), &key)
+        .await?
+        .ok_or_else(|| anyhow!("the counter is gone"))?;
+    let value: u64 = std::str::from_utf8(&last.value)?.parse()?;
+    let mode = if durable { "durable" } else { "plain" };
+    eprintln!(
+        "[cas failover {mode}] {CAS_CLIENTS} clients x {CAS_INCREMENTS} increments, the key's \
+         master killed at {:?} (counter {before_kill:?}), cluster ok {recovery:?} later, then \
+         restarted as a replica; \
+         final {value} for {acked} acknowledged + {unknown} outcome-unknown increments, \
+         {conflicts} conflicts, {elapsed:?} in all",
+        Duration::from_millis(800)
+    );
+    ensure!(
+        value >= acked,
+        "{mode}: final {value} < {acked} acknowledged increments: acknowledged writes lost"
+    );
+    ensure!(
+        value <= acked + unknown,
+        "{mode}: final {value} > {acked} acknowledged + {unknown} unknown: a write applied twice \
+         or misreported"
+    );
+    Ok(())
 }
 
 /// Reads a key, retrying transient errors for a while: right after a
@@ -454,6 +572,20 @@ fn main() -> std::process::ExitCode {
                 );
                 Ok(())
             }),
+        ),
+        (
+            "cluster_failover_cas_counter_exact",
+            common::trial(
+                &infra,
+                move || async move { cas_counter_failover(false).await },
+            ),
+        ),
+        (
+            "cluster_failover_cas_counter_exact_durable",
+            common::trial(
+                &infra,
+                move || async move { cas_counter_failover(true).await },
+            ),
         ),
         (
             "cluster_failover_watch_resyncs_and_sees_final_values",

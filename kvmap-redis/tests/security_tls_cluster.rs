@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, ensure, Context as _};
 use bytes::Bytes;
 use futures::StreamExt;
-use integration_tests::{wrong_ca_pem, RedisCluster, RedisClusterOptions};
+use integration_tests::{RedisCluster, RedisClusterOptions};
 use kvmap_core::{
     Context, DeleteOptions, ErrorKind, Key, KvStore, KvStoreExt, ListRequest, PutOptions,
     WatchEvent, WatchRequest,
@@ -92,25 +92,6 @@ async fn works(urls: Vec<String>, ca: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wrong_ca(urls: Vec<String>) -> anyhow::Result<()> {
-    let cfg = RedisConfig::cluster(urls).with_tls_ca_pem(wrong_ca_pem()?);
-    let e = RedisStore::connect(cfg)
-        .await
-        .err()
-        .ok_or_else(|| anyhow!("connected to the tls cluster trusting a wrong ca"))?;
-    eprintln!("[tls cluster] wrong ca: {e}");
-    ensure!(
-        e.kind() == ErrorKind::Unauthenticated,
-        "kind {:?}: {e}",
-        e.kind()
-    );
-    ensure!(
-        e.to_string().contains("tls"),
-        "message does not name tls: {e}"
-    );
-    Ok(())
-}
-
 async fn plain_url(urls: Vec<String>) -> anyhow::Result<()> {
     let plain: Vec<String> = urls
         .iter()
@@ -178,7 +159,7 @@ fn main() -> std::process::ExitCode {
             "cluster_tls_wrong_ca_fails_clearly",
             common::trial(&infra, move || async move {
                 let (urls, _) = seeds(&c2)?;
-                wrong_ca(urls).await
+                common::wrong_ca_is_refused(RedisConfig::cluster(urls)).await
             }),
         ),
         (

@@ -112,3 +112,24 @@ pub fn cluster_suite(name: &str, tls: bool) -> ExitCode {
     infra.block_on(async move { drop(cluster) });
     code
 }
+
+/// Connecting with `cfg` trusting a CA that signed nothing fails with
+/// `Unauthenticated` and a message that names TLS.
+pub async fn wrong_ca_is_refused(cfg: kvmap_redis::RedisConfig) -> anyhow::Result<()> {
+    let cfg = cfg.with_tls_ca_pem(integration_tests::wrong_ca_pem()?);
+    let e = kvmap_redis::RedisStore::connect(cfg)
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("connected trusting a wrong ca"))?;
+    eprintln!("wrong ca: {e}");
+    anyhow::ensure!(
+        e.kind() == kvmap_core::ErrorKind::Unauthenticated,
+        "kind {:?}: {e}",
+        e.kind()
+    );
+    anyhow::ensure!(
+        e.to_string().contains("tls"),
+        "message does not name tls: {e}"
+    );
+    Ok(())
+}

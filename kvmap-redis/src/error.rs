@@ -11,6 +11,7 @@
 //! | TLS certificate not trusted | `Unauthenticated` (detail names TLS) | never |
 //! | `NOPERM` | `PermissionDenied` | never |
 //! | `OOM` | `Unavailable` | safe (the write was refused) |
+//! | `NOSCRIPT` (left after loading the script again) | `Unavailable` | safe (the script did not run) |
 //! | `NOREPLICAS` / `BUSY` (a script still running) | `Unavailable` | safe (the server refused) |
 //! | `WRONGTYPE`, `KVMAP_BADDATA` (foreign key under the key prefix) | `InvalidData` | never |
 //! | bad client configuration | `InvalidArgument` | never |
@@ -121,6 +122,13 @@ fn classify(e: &RedisError, write: bool) -> (ErrorKind, RetryClass, Option<Strin
             RetryClass::Safe,
             Some(format!("server refused the command ({code})")),
         ),
+        // The script cache is not replicated: after a failover the new
+        // master may lack the script (loaded again, see `run_write`).
+        (RK::Server(SK::NoScript), _) => (
+            ErrorKind::Unavailable,
+            RetryClass::Safe,
+            Some("the write script is not loaded on the node serving the key".into()),
+        ),
         (RK::ClusterConnectionNotFound, _) => (
             ErrorKind::Unavailable,
             RetryClass::Safe,
@@ -191,6 +199,12 @@ mod tests {
                 R::Safe,
             ),
             (server("-TRYAGAIN x\r\n"), Op::Put, K::Unavailable, R::Safe),
+            (
+                server("-NOSCRIPT No matching script\r\n"),
+                Op::Put,
+                K::Unavailable,
+                R::Safe,
+            ),
             (
                 server("-CLUSTERDOWN The cluster is down\r\n"),
                 Op::Put,

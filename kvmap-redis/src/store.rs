@@ -289,7 +289,10 @@ impl Inner {
         let skey = self.server_key(key.as_str());
         let durable = self.cfg.durable_writes.filter(|_| wait);
         let mut resends = 0;
-        let mut loaded = false;
+        // A failover or a slot move can put the key on a master whose
+        // script cache lacks the script (the cache is not replicated), so
+        // it may need loading more than once.
+        let mut loads = 0;
         loop {
             let sent = match durable {
                 None => self.client.query::<Value>(cmd).await.map(|v| (v, None)),
@@ -318,8 +321,8 @@ impl Inner {
             };
             match sent {
                 Ok(sent) => return Ok(sent),
-                Err(e) if e.kind() == redis::ErrorKind::Server(SK::NoScript) && !loaded => {
-                    loaded = true;
+                Err(e) if e.kind() == redis::ErrorKind::Server(SK::NoScript) && loads < 3 => {
+                    loads += 1;
                     let mut load = redis::cmd("SCRIPT");
                     load.arg("LOAD").arg(code);
                     self.client
@@ -328,7 +331,23 @@ impl Inner {
                         .map_err(|e| map(e, op, Some(key.as_str())))?;
                 }
                 Err(e) => {
-                    let err = map(e, op, Some(key.as_str()));
+                    let mut err = map(e, op, Some(key.as_str()));
+                    // A "nothing was sent" error speaks only of the last
+                    // attempt. Earlier ones may have run: the cluster
+                    // client resends by itself after a lost connection,
+                    // and a resend of ours follows a lost reply. With the
+                    // write id a resend is harmless, so such a write is
+                    // resent too, and reported outcome-unknown at the end.
+                    let earlier = self.client.is_cluster() || resends > 0;
+                    if earlier && err.retry_class() == RetryClass::Safe {
+                        let detail = format!(
+                            "{}; an earlier attempt may have been applied",
+                            err.detail().unwrap_or("failed")
+                        );
+                        err = err
+                            .with_retry(RetryClass::OutcomeUnknown)
+                            .with_detail(detail);
+                    }
                     if err.retry_class() != RetryClass::OutcomeUnknown || resends >= wid::RESENDS {
                         return Err(err);
                     }

@@ -170,7 +170,14 @@ async fn cas_client(store: Arc<RedisStore>, key: Key) -> (u64, u64, u64) {
                 conflicts += 1;
             }
             Err(e) if e.retry_class() == RetryClass::OutcomeUnknown => unknown += 1,
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => {
+                eprintln!(
+                    "  cas write error (retried): {} [{:?}]",
+                    e.report(),
+                    e.retry_class()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
     }
     (acked, unknown, conflicts)

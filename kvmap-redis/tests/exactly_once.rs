@@ -203,14 +203,7 @@ async fn cas_increments(store: Arc<RedisStore>, k: Key, counts: Arc<Counts>) -> 
     let mut acked = 0;
     while acked < INCREMENTS_PER_WRITER {
         let (n, rev) = match store.get(&op_ctx(), &k).await {
-            Ok(Some(e)) => (
-                std::str::from_utf8(&e.value)
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .unwrap_or(0),
-                e.revision,
-            ),
-            Ok(None) => (0, 0),
+            Ok(e) => common::counter(e.as_ref()),
             Err(e) => {
                 if counts
                     .retried_safe

@@ -140,14 +140,7 @@ async fn cas_client(store: Arc<RedisStore>, key: Key) -> (u64, u64, u64) {
     let (mut acked, mut unknown, mut conflicts) = (0, 0, 0);
     while acked < CAS_INCREMENTS {
         let (n, rev) = match store.get(&ctx, &key).await {
-            Ok(Some(e)) => (
-                std::str::from_utf8(&e.value)
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .unwrap_or(0),
-                e.revision,
-            ),
-            Ok(None) => (0, 0),
+            Ok(e) => common::counter(e.as_ref()),
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;

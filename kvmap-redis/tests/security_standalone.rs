@@ -23,7 +23,7 @@ fn main() -> std::process::ExitCode {
     let acl_port = acl.port();
     let tls_url = tls.url();
     let ca = tls.ca_pem().to_owned();
-    let (tls_url2, ca2) = (tls_url.clone(), ca.clone());
+    let tls_url2 = tls_url.clone();
     let trials = vec![
         (
             "standalone_wrong_password_is_unauthenticated",
@@ -123,7 +123,6 @@ fn main() -> std::process::ExitCode {
         (
             "standalone_tls_wrong_ca_fails_clearly",
             common::trial(&infra, move || async move {
-                let _ = ca2;
                 common::wrong_ca_is_refused(RedisConfig::standalone(tls_url2)).await
             }),
         ),

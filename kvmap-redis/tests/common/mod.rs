@@ -30,28 +30,25 @@ type TrialFn = Box<dyn FnOnce() -> Result<(), String> + Send>;
 /// Runs named checks as libtest trials, one at a time (they share servers
 /// and may inject faults), and returns the exit code.
 pub fn run_trials(trials: Vec<(&'static str, TrialFn)>) -> ExitCode {
-    run_trials_ignoring(trials, &[])
-}
-
-/// [`run_trials`], with the trials named in `ignored` (name, why) marked
-/// ignored: each reason is printed; `--ignored` runs them.
-pub fn run_trials_ignoring(
-    trials: Vec<(&'static str, TrialFn)>,
-    ignored: &[(&str, &str)],
-) -> ExitCode {
     let mut args = libtest_mimic::Arguments::from_args();
     args.test_threads = Some(1);
-    for (name, why) in ignored {
-        eprintln!("ignored {name}: {why}");
-    }
     let trials = trials
         .into_iter()
-        .map(|(name, f)| {
-            libtest_mimic::Trial::test(name, move || f().map_err(Into::into))
-                .with_ignored_flag(ignored.iter().any(|(n, _)| *n == name))
-        })
+        .map(|(name, f)| libtest_mimic::Trial::test(name, move || f().map_err(Into::into)))
         .collect();
     libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// The counter a compare-and-swap test keeps in `e` (0 if absent or not
+/// a number) and its revision (0 if absent).
+pub fn counter(e: Option<&kvmap_core::Entry>) -> (u64, kvmap_core::Revision) {
+    e.map_or((0, 0), |e| {
+        let n = std::str::from_utf8(&e.value)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0);
+        (n, e.revision)
+    })
 }
 
 /// Wraps an async check on a shared runtime as a trial body.
